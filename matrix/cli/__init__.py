@@ -1,0 +1,52 @@
+"""`rtx-matrix`: one module per subcommand, each with `add_parser(subparsers)` and `run(args)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from matrix import __version__
+from matrix.errors import InputError, MatrixError
+
+# Imported lazily: a no-op `build` must not pay for `plan`'s or `refit`'s imports.
+SUBCOMMANDS = ("plan", "build", "status", "clean", "refit", "lock", "schema")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtx-matrix",
+        description=(
+            "Plan, build and lock a matrix of NVIDIA TensorRT-RTX engines from a YAML manifest. "
+            "Like make: a second build redoes only what changed."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"rtx-matrix {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"matrix.cli.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def report_error(error: MatrixError) -> None:
+    if isinstance(error, InputError):
+        for problem in error.problems:
+            print(f"error: {str(problem).lstrip(': ')}", file=sys.stderr)
+    else:
+        print(f"error: {error}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except MatrixError as error:
+        report_error(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
