@@ -59,7 +59,7 @@ def parse_cc(text: object) -> CC:
     raw = str(text).strip()
     match = _SPELLING.match(raw)
     if not match:
-        raise ValueError(f"{raw!r} is not a compute capability (write it as sm86 or \"8.6\")")
+        raise ValueError(f'{raw!r} is not a compute capability (write it as sm86 or "8.6")')
     return CC(int(match.group(1)), int(match.group(2)))
 
 

@@ -1,0 +1,29 @@
+"""Manifest path to Plan: the read-only front half that `plan`, `build` and `status` share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matrix.capabilities import CC
+from matrix.plan import Plan
+
+DEFAULT_MANIFEST = "rtx-matrix.yaml"
+
+
+def resolve_manifest(given: str | None) -> Path:
+    return Path(given if given else DEFAULT_MANIFEST)
+
+
+def load_plan(manifest_path: Path, current: CC | None = None) -> Plan:
+    """Load, inspect and plan. Raises InputError listing every problem; writes nothing
+    but the facts cache (a cache of what the ONNX files say, outside the project)."""
+    from matrix.facts_cache import FactsCache
+    from matrix.gather import gather_facts
+    from matrix.loader import load_manifest
+    from matrix.planner import make_plan
+    from matrix.rules import rules_for
+    from matrix.versions import installed_tensorrt_rtx
+
+    manifest = load_manifest(manifest_path)
+    facts = gather_facts(manifest, FactsCache())
+    return make_plan(manifest, facts, rules_for(installed_tensorrt_rtx()), current=current)
