@@ -1,0 +1,78 @@
+"""Small constructors for frozen objects, so planner tests read as the rule they check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matrix.capabilities import parse_cc
+from matrix.facts import FP32, ModelFacts, TensorInfo
+from matrix.manifest import (
+    CURRENT,
+    DEFAULT,
+    Exclusion,
+    InputShape,
+    Manifest,
+    Model,
+    Profile,
+    Target,
+)
+
+
+def target(name: str, *ccs: str, current: bool = False) -> Target:
+    if name == DEFAULT:
+        return Target(DEFAULT)
+    if name == CURRENT:
+        return Target(CURRENT, current=True)
+    parsed = tuple(sorted({parse_cc(c) for c in (ccs or (name,))}))
+    return Target(name if ccs else parsed[0].name, parsed, current)
+
+
+def facts(
+    *dtypes: str,
+    fp32_gemm: bool = False,
+    dynamic: bool = False,
+    name: str = "m",
+) -> ModelFacts:
+    shape: tuple[int | str | None, ...] = ("batch", 8) if dynamic else (1, 8)
+    return ModelFacts(
+        path=f"/models/{name}.onnx",
+        dtypes=frozenset(dtypes or (FP32,)),
+        fp32_gemm=fp32_gemm,
+        inputs=(TensorInfo("x", FP32, shape),),
+        outputs=(TensorInfo("y", FP32, (1, 8)),),
+        digest="sha256:" + "0" * 64,
+        graph_digest="sha256:" + "1" * 64,
+        weights_digest="sha256:" + "2" * 64,
+        size=1000,
+    )
+
+
+def model(
+    name: str = "m",
+    targets: tuple[Target, ...] = (Target(DEFAULT),),
+    weightless: tuple[bool, ...] = (False,),
+    profiles: tuple[Profile, ...] = (),
+) -> Model:
+    return Model(
+        name=name,
+        onnx=Path(f"/models/{name}.onnx"),
+        onnx_rel=f"{name}.onnx",
+        targets=targets,
+        weightless=weightless,
+        profiles=profiles,
+    )
+
+
+def profile(**shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]) -> Profile:
+    return Profile(tuple(InputShape(k, *v) for k, v in shapes.items()))
+
+
+def manifest(*models: Model, exclude: tuple[Exclusion, ...] = ()) -> Manifest:
+    return Manifest(
+        path=Path("/repo/rtx-matrix.yaml"),
+        output=Path("/repo/engines"),
+        output_rel="engines",
+        targets=(),
+        models=models,
+        exclude=exclude,
+    )
