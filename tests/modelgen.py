@@ -1,0 +1,389 @@
+"""Small real ONNX models for everyone's tests, written with `onnx.helper`.
+
+Every function writes one model to `path` and returns `path`. Models are tiny so a
+TensorRT-RTX build takes well under a second (except `slow_conv_stack`). `seed` changes
+only weight values, never the graph, so tests can tell a weights-only change apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+# The IR version each opset was released with; TensorRT-RTX's parser reads these.
+_IR_FOR_OPSET = {17: 8, 19: 9, 21: 10, 23: 11}
+
+Dims = Sequence[int | str | None]
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _save(
+    path: Path,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto],
+    opset: int = 17,
+    name: str = "model",
+) -> Path:
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=_IR_FOR_OPSET[opset],
+        producer_name="rtx-matrix-tests",
+    )
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _value(name: str, elem: int, dims: Dims) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, list(dims))
+
+
+def _f32(name: str, array: np.ndarray) -> onnx.TensorProto:
+    data = np.ascontiguousarray(array, dtype=np.float32)
+    return helper.make_tensor(name, TensorProto.FLOAT, data.shape, data.tobytes(), raw=True)
+
+
+def _f16(name: str, array: np.ndarray) -> onnx.TensorProto:
+    data = np.ascontiguousarray(array, dtype=np.float16)
+    return helper.make_tensor(name, TensorProto.FLOAT16, data.shape, data.tobytes(), raw=True)
+
+
+def _raw(name: str, elem: int, dims: Sequence[int], payload: bytes) -> onnx.TensorProto:
+    return helper.make_tensor(name, elem, list(dims), payload, raw=True)
+
+
+def _weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32) * 0.1
+
+
+# --- plain float models -------------------------------------------------------------------
+
+
+def mlp_fp32(path: Path, seed: int = 0, batch: int | str = 1, features: int = 16) -> Path:
+    """x[batch, F] -> MatMul -> Add -> Relu -> MatMul -> y[batch, 8]; float32 GEMMs."""
+    rng = _rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["y"]),
+    ]
+    inits = [
+        _f32("w1", _weights(rng, features, 16)),
+        _f32("b1", _weights(rng, 16)),
+        _f32("w2", _weights(rng, 16, 8)),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [batch, features])],
+        [_value("y", TensorProto.FLOAT, [batch, 8])],
+        inits,
+        name="mlp_fp32",
+    )
+
+
+def dynamic_batch_mlp(path: Path, seed: int = 0) -> Path:
+    """`mlp_fp32` whose input `x` is [batch, 16] with a symbolic batch: needs a profile."""
+    return mlp_fp32(path, seed=seed, batch="batch")
+
+
+def matmul_fp16(path: Path, seed: int = 0) -> Path:
+    """x[1, 16] fp16 -> MatMul -> y[1, 8] fp16."""
+    rng = _rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [1, 16])],
+        [_value("y", TensorProto.FLOAT16, [1, 8])],
+        [_f16("w", _weights(rng, 16, 8))],
+        name="matmul_fp16",
+    )
+
+
+def _conv(
+    path: Path,
+    seed: int,
+    elem: int,
+    tensor: Callable[[str, np.ndarray], onnx.TensorProto],
+    name: str,
+) -> Path:
+    rng = _rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    inits = [tensor("w", _weights(rng, 8, 3, 3, 3)), tensor("b", _weights(rng, 8))]
+    return _save(
+        path,
+        nodes,
+        [_value("x", elem, [1, 3, 16, 16])],
+        [_value("y", elem, [1, 8, 16, 16])],
+        inits,
+        name=name,
+    )
+
+
+def conv_fp32(path: Path, seed: int = 0) -> Path:
+    """x[1,3,16,16] -> Conv 3x3 -> Relu; float32, no GEMM (builds on SM75)."""
+    return _conv(path, seed, TensorProto.FLOAT, _f32, "conv_fp32")
+
+
+def conv_fp16(path: Path, seed: int = 0) -> Path:
+    return _conv(path, seed, TensorProto.FLOAT16, _f16, "conv_fp16")
+
+
+def matmul_bf16(path: Path, seed: int = 0) -> Path:
+    """x fp32 -> Cast bf16 -> MatMul with bf16 weights -> Cast fp32. No float32 GEMM."""
+    rng = _rng(seed)
+    bits = _weights(rng, 16, 8).view(np.uint32) >> 16  # bf16 = upper half of float32
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16),
+        helper.make_node("MatMul", ["xb", "w"], ["yb"]),
+        helper.make_node("Cast", ["yb"], ["y"], to=TensorProto.FLOAT),
+    ]
+    w = _raw("w", TensorProto.BFLOAT16, [16, 8], bits.astype(np.uint16).tobytes())
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [1, 16])],
+        [_value("y", TensorProto.FLOAT, [1, 8])],
+        [w],
+        name="matmul_bf16",
+    )
+
+
+# --- quantized models ---------------------------------------------------------------------
+
+
+def _fp8_e4m3_bytes(rng: np.random.Generator, count: int) -> bytes:
+    # Exponent field 4..9 and any mantissa: small normal numbers, never NaN (0x7f/0xff).
+    magnitude = rng.integers(0x20, 0x48, size=count, dtype=np.uint8)
+    sign = rng.integers(0, 2, size=count, dtype=np.uint8) << 7
+    return (magnitude | sign).tobytes()
+
+
+def _packed_nibbles(rng: np.random.Generator, count: int) -> bytes:
+    return rng.integers(0, 256, size=(count + 1) // 2, dtype=np.uint8).tobytes()
+
+
+def _qdq_activation(
+    elem: int, zero_point: onnx.TensorProto
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """x -> QuantizeLinear -> DequantizeLinear -> xd (float32), per-tensor."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+    ]
+    return nodes, [_f32("x_scale", np.array(0.05)), zero_point]
+
+
+def fp8_qdq_matmul(path: Path, seed: int = 0) -> Path:
+    """FLOAT8E4M3FN Q/DQ on the activation and DQ on FP8 weights feeding a MatMul."""
+    rng = _rng(seed)
+    zp = _raw("x_zp", TensorProto.FLOAT8E4M3FN, [], b"\x00")
+    nodes, inits = _qdq_activation(TensorProto.FLOAT8E4M3FN, zp)
+    nodes += [
+        helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    inits += [
+        _raw("wq", TensorProto.FLOAT8E4M3FN, [16, 16], _fp8_e4m3_bytes(rng, 256)),
+        _f32("w_scale", np.array(0.1)),
+        _raw("w_zp", TensorProto.FLOAT8E4M3FN, [], b"\x00"),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [1, 16])],
+        [_value("y", TensorProto.FLOAT, [1, 16])],
+        inits,
+        opset=19,
+        name="fp8_qdq_matmul",
+    )
+
+
+def _block_dq_matmul(
+    path: Path, seed: int, elem: int, name: str, k: int, n: int, block: int, opset: int
+) -> Path:
+    """x[1,K] @ DequantizeLinear(w[K,N], block-wise scales along K) with low-bit weights."""
+    rng = _rng(seed)
+    scales = np.abs(_weights(rng, k // block, n)) + 0.01
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "w_scale"], ["wd"], axis=0, block_size=block),
+        helper.make_node("MatMul", ["x", "wd"], ["y"]),
+    ]
+    inits = [_raw("wq", elem, [k, n], _packed_nibbles(rng, k * n)), _f16("w_scale", scales)]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [1, k])],
+        [_value("y", TensorProto.FLOAT16, [1, n])],
+        inits,
+        opset=opset,
+        name=name,
+    )
+
+
+def fp4_weights_matmul(path: Path, seed: int = 0) -> Path:
+    """FLOAT4E2M1 weights (block size 16) dequantized to fp16 for a MatMul."""
+    return _block_dq_matmul(
+        path, seed, TensorProto.FLOAT4E2M1, "fp4_weights_matmul", k=32, n=16, block=16, opset=23
+    )
+
+
+def int4_weights_matmul(path: Path, seed: int = 0) -> Path:
+    """INT4 weights (block size 32 along K) dequantized to fp16 for a MatMul."""
+    return _block_dq_matmul(
+        path, seed, TensorProto.INT4, "int4_weights_matmul", k=64, n=16, block=32, opset=21
+    )
+
+
+def _int8_weights(rng: np.random.Generator, *shape: int) -> onnx.TensorProto:
+    values = rng.integers(-64, 64, size=shape, dtype=np.int8)
+    return _raw("wq", TensorProto.INT8, list(shape), values.tobytes())
+
+
+def int8_qdq_conv(path: Path, seed: int = 0) -> Path:
+    """INT8 Q/DQ activation and per-channel INT8 weights feeding a Conv."""
+    rng = _rng(seed)
+    zp = _raw("x_zp", TensorProto.INT8, [], b"\x00")
+    nodes, inits = _qdq_activation(TensorProto.INT8, zp)
+    nodes += [
+        helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    inits += [
+        _int8_weights(rng, 8, 3, 3, 3),
+        _f32("w_scale", np.full(8, 0.01)),
+        _raw("w_zp", TensorProto.INT8, [8], bytes(8)),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [_value("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        inits,
+        name="int8_qdq_conv",
+    )
+
+
+def int8_qdq_matmul(path: Path, seed: int = 0) -> Path:
+    """INT8 Q/DQ activation and INT8 weights feeding a MatMul (dequantized to float32)."""
+    rng = _rng(seed)
+    zp = _raw("x_zp", TensorProto.INT8, [], b"\x00")
+    nodes, inits = _qdq_activation(TensorProto.INT8, zp)
+    nodes += [
+        helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    inits += [
+        _int8_weights(rng, 16, 16),
+        _f32("w_scale", np.array(0.01)),
+        _raw("w_zp", TensorProto.INT8, [], b"\x00"),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [1, 16])],
+        [_value("y", TensorProto.FLOAT, [1, 16])],
+        inits,
+        name="int8_qdq_matmul",
+    )
+
+
+# --- structure --------------------------------------------------------------------------
+
+
+def if_model(path: Path, seed: int = 0) -> Path:
+    """An `If` on a graph input: Relu(x) in one branch, Neg(x) in the other."""
+    del seed
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])],
+        "then",
+        [],
+        [_value("t", TensorProto.FLOAT, [1, 16])],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])],
+        "else",
+        [],
+        [_value("e", TensorProto.FLOAT, [1, 16])],
+    )
+    nodes = [
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)
+    ]
+    inputs = [_value("x", TensorProto.FLOAT, [1, 16]), _value("cond", TensorProto.BOOL, [])]
+    return _save(
+        path, nodes, inputs, [_value("y", TensorProto.FLOAT, [1, 16])], [], name="if_model"
+    )
+
+
+def external_data_model(
+    path: Path, size: int = 4096, seed: int = 0, data_name: str | None = None
+) -> Path:
+    """x[1, K] (fp16) @ w[K, 8] (fp16) with w in an external-data file of about `size` bytes.
+
+    The data file is written in 1 MiB chunks, so a 1 GB model never sits in memory.
+    """
+    k = max(1, size // 16)
+    data_name = data_name or f"{path.name}.data"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = _rng(seed)
+    remaining = k * 8
+    with open(path.parent / data_name, "wb") as out:
+        while remaining:
+            count = min(remaining, 1 << 19)
+            out.write((rng.standard_normal(count) * 0.01).astype(np.float16).tobytes())
+            remaining -= count
+    weight = TensorProto(
+        name="w", data_type=TensorProto.FLOAT16, dims=[k, 8], data_location=TensorProto.EXTERNAL
+    )
+    for key, value in (("location", data_name), ("offset", "0"), ("length", str(k * 16))):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "external",
+        [_value("x", TensorProto.FLOAT16, [1, k])],
+        [_value("y", TensorProto.FLOAT16, [1, 8])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def slow_conv_stack(path: Path, layers: int = 700, channels: int = 8, seed: int = 0) -> Path:
+    """A stack of fp16 3x3 convolutions for kill/timeout tests: about 3.3 s to build here
+    (tensorrt-rtx 1.7.1, 2 shared cores); build time grows with `layers`."""
+    rng = _rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    current = "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("Conv", [current, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        inits.append(_f16(f"w{i}", _weights(rng, channels, channels, 3, 3)))
+        current = f"r{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [1, channels, 64, 64])],
+        [_value("y", TensorProto.FLOAT16, [1, channels, 64, 64])],
+        inits,
+        name="slow_conv_stack",
+    )
