@@ -177,5 +177,5 @@ def test_rules_table_lookup_by_release() -> None:
     from matrix.errors import MatrixError
 
     assert R.rules_for("1.7.1.116") is R.RULES_1_7
-    with pytest.raises(MatrixError, match="no rules table for TensorRT-RTX 2.0.0"):
+    with pytest.raises(MatrixError, match=r"no rules table for TensorRT-RTX 2\.0\.0"):
         R.rules_for("2.0.0")
