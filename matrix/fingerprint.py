@@ -68,8 +68,7 @@ def plan_stamp(plan: Plan, tensorrt_rtx_version: str) -> PlanStamp:
     (`current` unresolved), so hosts with different GPUs, or none, agree on the stamp.
     """
     pairs = sorted(
-        (cell.id, planned_fingerprint(cell, plan, tensorrt_rtx_version))
-        for cell in plan.buildable
+        (cell.id, planned_fingerprint(cell, plan, tensorrt_rtx_version)) for cell in plan.buildable
     )
     return PlanStamp(digest=digest_of(pairs), cells=tuple(cell_id for cell_id, _ in pairs))
 
