@@ -1,0 +1,154 @@
+"""ModelFacts cached on disk, keyed by the stat of the model and its external-data files.
+
+A no-op `build` reads facts for every model: this module must stay cheap to import and
+to hit (no `onnx` import, one small JSON file per model, a few `stat` calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from matrix.facts import ModelFacts, TensorInfo
+from matrix.onnx_inspect import inspect_model
+
+CACHE_VERSION = 1
+"""Bump when `inspect_model` learns something new, so old entries are re-inspected."""
+
+Stamp = tuple[int, int, int]
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("RTX_MATRIX_CACHE_DIR"):
+        return Path(os.environ["RTX_MATRIX_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "rtx-matrix"
+    return Path.home() / ".cache" / "rtx-matrix"
+
+
+class FactsCache:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory if directory is not None else default_cache_dir()
+
+    def get(self, path: Path) -> ModelFacts:
+        """Facts of the model at `path`: cached when its files are unchanged, else inspected.
+
+        Raises `matrix.onnx_inspect.ModelFileError` when the model cannot be used.
+        """
+        path = Path(os.path.abspath(path))
+        entry_file = self.entry_path(path)
+        cached = _load_entry(entry_file, path)
+        if cached is not None:
+            return cached
+        before = _stamps(path, ())
+        facts = inspect_model(path)
+        stamps = _stamps(path, facts.external_files)
+        # A model rewritten while we read it must not be cached under its new stamp.
+        if stamps is not None and before is not None and before[""] == stamps[""]:
+            _store_entry(entry_file, _entry(path, stamps, facts))
+        return facts
+
+    def entry_path(self, path: Path) -> Path:
+        name = hashlib.sha256(os.fsencode(path)).hexdigest()
+        return self.directory / f"{name}.json"
+
+
+def _stamp(file: Path) -> Stamp:
+    st = file.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _stamps(path: Path, external_files: tuple[str, ...]) -> dict[str, Stamp] | None:
+    """Stat of the model ("") and each external file; None when one vanished meanwhile."""
+    try:
+        stamps = {"": _stamp(path)}
+        for name in external_files:
+            stamps[name] = _stamp(path.parent / name)
+    except OSError:
+        return None
+    return stamps
+
+
+def _load_entry(entry_file: Path, path: Path) -> ModelFacts | None:
+    try:
+        entry = json.loads(entry_file.read_bytes())
+        if entry["version"] != CACHE_VERSION or entry["path"] != str(path):
+            return None
+        facts = facts_from_json(entry["facts"])
+        recorded = {name: tuple(stamp) for name, stamp in entry["stamps"].items()}
+        if recorded != _stamps(path, facts.external_files):
+            return None
+        return facts
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # Missing or corrupt entry, or a model that changed: inspect again.
+        return None
+
+
+def _store_entry(entry_file: Path, entry: dict[str, Any]) -> None:
+    """Write atomically; a cache we cannot write is no error, only a slower next run."""
+    try:
+        entry_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry_file.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(entry, out, sort_keys=True)
+            os.replace(tmp, entry_file)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+def _entry(path: Path, stamps: dict[str, Stamp], facts: ModelFacts) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "path": str(path),
+        "stamps": {name: list(stamp) for name, stamp in stamps.items()},
+        "facts": facts_to_json(facts),
+    }
+
+
+def _tensor_to_json(tensor: TensorInfo) -> dict[str, Any]:
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
+
+
+def _tensor_from_json(data: dict[str, Any]) -> TensorInfo:
+    shape = tuple(d if d is None or isinstance(d, (int, str)) else int(d) for d in data["shape"])
+    return TensorInfo(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+
+
+def facts_to_json(facts: ModelFacts) -> dict[str, Any]:
+    return {
+        "path": facts.path,
+        "dtypes": sorted(facts.dtypes),
+        "fp32_gemm": facts.fp32_gemm,
+        "inputs": [_tensor_to_json(t) for t in facts.inputs],
+        "outputs": [_tensor_to_json(t) for t in facts.outputs],
+        "digest": facts.digest,
+        "graph_digest": facts.graph_digest,
+        "weights_digest": facts.weights_digest,
+        "size": facts.size,
+        "external_files": list(facts.external_files),
+        "opset": facts.opset,
+    }
+
+
+def facts_from_json(data: dict[str, Any]) -> ModelFacts:
+    return ModelFacts(
+        path=str(data["path"]),
+        dtypes=frozenset(str(d) for d in data["dtypes"]),
+        fp32_gemm=bool(data["fp32_gemm"]),
+        inputs=tuple(_tensor_from_json(t) for t in data["inputs"]),
+        outputs=tuple(_tensor_from_json(t) for t in data["outputs"]),
+        digest=str(data["digest"]),
+        graph_digest=str(data["graph_digest"]),
+        weights_digest=str(data["weights_digest"]),
+        size=int(data["size"]),
+        external_files=tuple(str(f) for f in data["external_files"]),
+        opset=int(data["opset"]),
+    )
