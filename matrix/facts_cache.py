@@ -2,6 +2,10 @@
 
 A no-op `build` reads facts for every model: this module must stay cheap to import and
 to hit (no `onnx` import, one small JSON file per model, a few `stat` calls).
+
+Like git's "racily clean" index entries: a file modified within the same coarse clock tick
+as its inspection could change again without its stat changing. Entries stored that soon
+after the files' mtime are marked racy and checked by content digest until they age.
 """
 
 from __future__ import annotations
@@ -10,14 +14,18 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from matrix.facts import ModelFacts, TensorInfo
-from matrix.onnx_inspect import inspect_model
+from matrix.onnx_inspect import content_digest, inspect_model
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when `inspect_model` learns something new, so old entries are re-inspected."""
+
+RACY_NS = 2_000_000_000
+"""Files modified this recently (coarse mtimes, FAT's 2 s) may change without a new stat."""
 
 Stamp = tuple[int, int, int]
 
@@ -41,15 +49,15 @@ class FactsCache:
         """
         path = Path(os.path.abspath(path))
         entry_file = self.entry_path(path)
-        cached = _load_entry(entry_file, path)
+        cached = _cached(entry_file, path)
         if cached is not None:
             return cached
         before = _stamps(path, ())
         facts = inspect_model(path)
-        stamps = _stamps(path, facts.external_files)
+        after = _stamps(path, facts.external_files)
         # A model rewritten while we read it must not be cached under its new stamp.
-        if stamps is not None and before is not None and before[""] == stamps[""]:
-            _store_entry(entry_file, _entry(path, stamps, facts))
+        if after is not None and before is not None and before[""] == after[""]:
+            _store_entry(entry_file, _entry(path, after, facts))
         return facts
 
     def entry_path(self, path: Path) -> Path:
@@ -73,16 +81,41 @@ def _stamps(path: Path, external_files: tuple[str, ...]) -> dict[str, Stamp] | N
     return stamps
 
 
-def _load_entry(entry_file: Path, path: Path) -> ModelFacts | None:
+def _is_racy(stamps: dict[str, Stamp]) -> bool:
+    newest = max(mtime for _, mtime, _ in stamps.values())
+    return time.time_ns() - newest < RACY_NS
+
+
+def _cached(entry_file: Path, path: Path) -> ModelFacts | None:
+    loaded = _load_entry(entry_file, path)
+    if loaded is None:
+        return None
+    facts, stamps, racy = loaded
+    if not racy:
+        return facts
+    try:
+        unchanged = content_digest(path, facts.external_files) == facts.digest
+    except OSError:
+        return None
+    if not unchanged:
+        return None
+    if not _is_racy(stamps):
+        _store_entry(entry_file, _entry(path, stamps, facts))
+    return facts
+
+
+def _load_entry(entry_file: Path, path: Path) -> tuple[ModelFacts, dict[str, Stamp], bool] | None:
+    """(facts, stamps, racy) when the entry is sound and every stamp still matches."""
     try:
         entry = json.loads(entry_file.read_bytes())
         if entry["version"] != CACHE_VERSION or entry["path"] != str(path):
             return None
         facts = facts_from_json(entry["facts"])
+        stamps = _stamps(path, facts.external_files)
         recorded = {name: tuple(stamp) for name, stamp in entry["stamps"].items()}
-        if recorded != _stamps(path, facts.external_files):
+        if stamps is None or recorded != stamps:
             return None
-        return facts
+        return facts, stamps, bool(entry["racy"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         # Missing or corrupt entry, or a model that changed: inspect again.
         return None
@@ -109,6 +142,7 @@ def _entry(path: Path, stamps: dict[str, Stamp], facts: ModelFacts) -> dict[str,
         "version": CACHE_VERSION,
         "path": str(path),
         "stamps": {name: list(stamp) for name, stamp in stamps.items()},
+        "racy": _is_racy(stamps),
         "facts": facts_to_json(facts),
     }
 

@@ -233,6 +233,15 @@ def _digests(model: Any, data: bytes, folder: Path, files: tuple[str, ...]) -> t
     return "sha256:" + whole.hexdigest(), "sha256:" + weights.hexdigest(), size
 
 
+def content_digest(path: Path, external_files: tuple[str, ...]) -> str:
+    """`ModelFacts.digest` recomputed from the files alone, without parsing (no `onnx`)."""
+    whole = hashlib.sha256()
+    for file in (path, *(path.parent / name for name in external_files)):
+        for chunk in _chunks(file):
+            whole.update(chunk)
+    return "sha256:" + whole.hexdigest()
+
+
 def _chunks(file: Path) -> Iterator[bytes]:
     with open(file, "rb") as f:
         while chunk := f.read(CHUNK):
