@@ -153,10 +153,15 @@ def test_cancel_pending_starts_nothing_more(tmp_path: Path, models: dict[str, Pa
     cells = quick_cells(tmp_path, models, 4)
     started: list[str] = []
     results: list[BuildResult] = []
+
+    def note_start(event: ProgressEvent) -> None:
+        if event.kind == "start":
+            started.append(event.cell_id)
+
     with WorkerPool(jobs=1) as pool:
         for cell in cells:
             pool.submit(cell)
-        for result in pool.results(lambda e: e.kind == "start" and started.append(e.cell_id)):
+        for result in pool.results(note_start):
             results.append(result)
             cancelled = pool.cancel_pending()
             assert [c.cell_id for c in cancelled] == ["conv1", "conv2", "conv3"]
