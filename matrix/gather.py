@@ -6,13 +6,13 @@ of the manifest is collected and raised at once as one InputError, located in th
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from matrix.errors import InputError, Problem
 from matrix.facts import ModelFacts, TensorInfo
 from matrix.facts_cache import FactsCache
+from matrix.loader import display_path
 from matrix.manifest import InputShape, Manifest, Model
 from matrix.onnx_inspect import ModelFileError
 from matrix.suggest import did_you_mean
@@ -48,19 +48,10 @@ def _inspect(cache: FactsCache, path: Path) -> ModelFacts | ModelFileError:
         return error
 
 
-def _display_path(path: Path) -> str:
-    # TODO: matrix.loader lands separately; until then, the path as given.
-    try:
-        loader = importlib.import_module("matrix.loader")
-    except ImportError:
-        return str(path)
-    return str(loader.display_path(path))
-
-
 def _problem(manifest: Manifest, json_path: str, message: str) -> Problem:
     line, column = manifest.locate(json_path) or (None, None)
     return Problem(
-        file=_display_path(manifest.path),
+        file=display_path(manifest.path),
         message=message,
         line=line,
         column=column,
@@ -89,24 +80,24 @@ def _known_inputs(inputs: dict[str, TensorInfo]) -> str:
 
 
 def _shape_problems(where: str, tensor: TensorInfo, shape: InputShape) -> Iterator[tuple[str, str]]:
+    # The loader has already checked that min, opt and max agree on the rank.
+    if len(shape.min) != len(tensor.shape):
+        yield (
+            where,
+            (
+                f"input {tensor.name!r} {_show(tensor.shape)} has rank {len(tensor.shape)}, "
+                f"but the profile gives it {len(shape.min)} dims"
+            ),
+        )
+        return
     for kind, dims in (("min", shape.min), ("opt", shape.opt), ("max", shape.max)):
-        at = child_path(where, kind)
-        if len(dims) != len(tensor.shape):
-            yield (
-                at,
-                (
-                    f"input {tensor.name!r} has rank {len(tensor.shape)} "
-                    f"{_show(tensor.shape)}, but {kind} has {len(dims)} dims {list(dims)}"
-                ),
-            )
-            continue
         for axis, (fixed, given) in enumerate(zip(tensor.shape, dims, strict=True)):
             if isinstance(fixed, int) and fixed >= 0 and given != fixed:
                 yield (
-                    at,
+                    f"{child_path(where, kind)}[{axis}]",
                     (
-                        f"input {tensor.name!r} has dim {axis} fixed at {fixed} "
-                        f"{_show(tensor.shape)}, but {kind} gives {given}"
+                        f"input {tensor.name!r} {_show(tensor.shape)} has dim {axis} fixed at "
+                        f"{fixed}, but {kind} gives {given}"
                     ),
                 )
 
