@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -366,3 +368,18 @@ def test_write_atomic_failure_keeps_the_old_file_and_no_temp(
         refit.write_atomic(path, b"new engine")
     assert path.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [path]
+
+
+@needs_gpu_free_host
+def test_refused_refit_never_imports_the_library(fake_engine: Path, model: Path) -> None:
+    script = (
+        "import sys\n"
+        "from matrix.cli import main\n"
+        f"code = main(['refit', {str(fake_engine)!r}, '--onnx', {str(model)!r}])\n"
+        "print(code, 'tensorrt_rtx' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.split() == ["3", "False"], done.stderr
+    assert done.stderr.startswith("error: refit needs a GPU that TensorRT-RTX supports: ")
