@@ -1,16 +1,327 @@
-"""`rtx-matrix build` (not yet written)."""
+"""`rtx-matrix build`: build every stale cell of the plan, like make, and keep the lock true.
+
+The no-op path (everything up to date) reads the manifest, the facts cache, the lock and the
+stamps, and prints one line: no tensorrt_rtx, onnx, rich or filelock import.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from matrix.errors import GpuError, InputError, Interrupted, LockBusy, PlanRejected, Stale
+from matrix.executor import Job, Outcome, RunOptions, Status
+from matrix.freshness import CellState, Freshness, check
+from matrix.gpu import Gpu
+from matrix.lockfile import read_lock
+from matrix.lockfile_types import Lock
+from matrix.pipeline import DEFAULT_MANIFEST, load_plan, resolve_manifest
+from matrix.plan import Cell, Plan
+from matrix.stamps import Stamps, state_dir
+from matrix.versions import installed_tensorrt_rtx
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("build", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "build",
+        help="build every stale engine of the manifest and update the lockfile",
+        description=(
+            "Build the cells of the manifest whose engine is missing or out of date (model, "
+            "options, targets or TensorRT-RTX version changed), like make. The lockfile is "
+            "rewritten after every finished cell."
+        ),
+    )
+    add_manifest_args(parser)
+    parser.add_argument("cells", nargs="*", metavar="CELL",
+                        help="build only these cells: cell id, model name or glob (m@sm8*)")
+    parser.add_argument("-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                        help="parallel builds (default: number of cores)")
+    parser.add_argument("-k", "--keep-going", action="store_true",
+                        help="go on building other cells after a failure")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="fail a cell whose build runs longer than S seconds")
+    parser.add_argument("--force", action="store_true", help="rebuild even up-to-date cells")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what would be built and why; build nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when anything would be built; build nothing")
+    parser.add_argument("--skip-rejected", action="store_true",
+                        help="warn about rejected cells instead of failing")
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="fail instead of skipping cells that need a GPU")
+    parser.add_argument("--device", type=int, metavar="N", help="GPU (NVML index) to build on")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="S",
+                        help="wait up to S seconds for another build of this output to end")
+    parser.add_argument("-o", "--output", metavar="LOCK", help="lockfile to write")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only failures")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print build phases")
     parser.set_defaults(run=run)
 
 
+def add_manifest_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
+    parser.add_argument("--verify", action="store_true",
+                        help="hash every engine instead of trusting size and mtime")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# ----------------------------------------------------------------- the read-only front half
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Where a manifest stands: its plan, lock and the freshness of the chosen cells."""
+
+    plan: Plan
+    lock_path: Path
+    lock: Lock | None
+    stamps: Stamps
+    freshness: Freshness
+    gpu: Gpu | None
+    gpu_missing: str | None
+    """Why cells that need a GPU cannot be built here; None when they can (or there are none)."""
+    full: bool
+    """Every cell was chosen (no CELL arguments): removed cells may leave the lock."""
+
+    def buildable_here(self, state: CellState) -> bool:
+        return not state.cell.needs_gpu or self.gpu is not None
+
+    @property
+    def to_build(self) -> tuple[CellState, ...]:
+        return tuple(s for s in self.freshness.stale if self.buildable_here(s))
+
+    @property
+    def skipped(self) -> tuple[CellState, ...]:
+        return tuple(s for s in self.freshness.stale if not self.buildable_here(s))
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        return self.freshness.removed if self.full else ()
+
+
+def survey(args: argparse.Namespace, patterns: Sequence[str] = (), *, force: bool = False,
+           device: int | None = None, lock_output: str | None = None) -> Survey:
+    plan = load_plan(resolve_manifest(args.manifest))
+    chosen = select_cells(plan, patterns)
+    gpu, gpu_missing = None, None
+    if any(cell.needs_gpu for cell in chosen):
+        gpu, gpu_missing = find_gpu(device)
+        if gpu is not None and any(cell.target.current for cell in plan.cells):
+            plan = replan(plan, gpu)
+            chosen = select_cells(plan, patterns)
+    lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
+    stamps = Stamps.load(plan.manifest.output.resolve())
+    lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
+    buildable_ids = {cell.id for cell in plan.buildable}
+    buildable = [cell for cell in chosen if cell.id in buildable_ids]
+    fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu,
+                  verify=args.verify, force=force)
+    return Survey(plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, full=not patterns)
+
+
+def select_cells(plan: Plan, patterns: Sequence[str]) -> list[Cell]:
+    """Cells named by id, model name or glob; every cell when no pattern is given."""
+    if not patterns:
+        return list(plan.cells)
+    chosen: list[Cell] = []
+    for pattern in patterns:
+        matched = [
+            cell for cell in plan.cells
+            if pattern in (cell.id, cell.model.name) or fnmatch.fnmatchcase(cell.id, pattern)
+        ]
+        if not matched:
+            raise InputError(f"no cell matches {pattern!r} (give a cell id, model name or glob)")
+        chosen.extend(cell for cell in matched if cell not in chosen)
+    return chosen
+
+
+def find_gpu(device: int | None) -> tuple[Gpu | None, str | None]:
+    from matrix.gpu import discover, gpu_skip_reason
+
+    inventory = discover()
+    reason = gpu_skip_reason(inventory, device)
+    if reason is not None:
+        return None, reason
+    return inventory.pick(device), None
+
+
+def replan(plan: Plan, gpu: Gpu) -> Plan:
+    """The plan again, with `current` cells judged for this GPU's CC."""
+    from matrix.planner import make_plan
+    from matrix.rules import rules_for
+
+    return make_plan(plan.manifest, plan.facts, rules_for(installed_tensorrt_rtx()),
+                     current=gpu.cc)
+
+
+def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
+    from matrix.plan_report import rejection_lines
+
+    ids = {cell.id for cell in chosen}
+    lines = [line for line in rejection_lines(plan) if line.split(":", 1)[0] in ids]
+    if not lines:
+        return
+    label = "warning" if skip else "error"
+    for line in lines if skip else lines[:-1]:
+        print(f"{label}: {line}", file=sys.stderr)
+    if not skip:
+        raise PlanRejected(lines[-1])
+
+
+# ------------------------------------------------------------------------------ the command
+
+
 def run(args: argparse.Namespace) -> int:
-    print("rtx-matrix build: not yet available")
-    return 2
+    started = time.monotonic()
+    state = survey(args, args.cells, force=args.force, device=args.device,
+                   lock_output=args.output)
+    refuse_rejected(state.plan, select_cells(state.plan, args.cells), args.skip_rejected)
+    if args.require_gpu and state.skipped:
+        raise GpuError(f"--require-gpu: {len(state.skipped)} cells need a GPU: "
+                       f"{state.gpu_missing}")
+    if args.dry_run or args.check:
+        print_pending(state, sys.stdout)
+        if args.check and (state.to_build or state.removed):
+            raise Stale(f"{len(state.to_build) + len(state.removed)} cells out of date")
+        return 0
+    if not needs_writing(state):
+        print_noop(state)
+        state.stamps.save()
+        return 0
+    return build_under_lock(args, started)
+
+
+def needs_writing(state: Survey) -> bool:
+    if state.to_build or state.removed:
+        return True
+    from matrix.executor import lock_header
+
+    header = lock_header(state.plan, state.lock_path, state.freshness.installed)
+    lock = state.lock
+    return lock is None or (lock.tool, lock.tensorrt_rtx, lock.manifest, lock.plan) != (
+        header.tool, header.tensorrt_rtx, header.manifest, header.plan
+    )
+
+
+def print_noop(state: Survey) -> None:
+    fresh = len(state.freshness.up_to_date)
+    print(f"{fresh} cell{'' if fresh == 1 else 's'} up to date")
+    for skipped in state.skipped:
+        print(f"skipped {skipped.cell.id}: needs a GPU: {state.gpu_missing}")
+
+
+def print_pending(state: Survey, out: Any) -> None:
+    for pending in state.to_build:
+        print(f"would build {pending.cell.id}: {', '.join(pending.reasons)}", file=out)
+    for skipped in state.skipped:
+        print(f"would skip {skipped.cell.id}: needs a GPU: {state.gpu_missing}", file=out)
+    for cell_id in state.removed:
+        print(f"would remove {cell_id} from the lock: removed from the manifest", file=out)
+    fresh = len(state.freshness.up_to_date)
+    print(f"{len(state.to_build)} to build, {fresh} up to date, {len(state.skipped)} skipped, "
+          f"{len(state.removed)} to remove", file=out)
+
+
+def build_under_lock(args: argparse.Namespace, started: float) -> int:
+    """Take the output folder's lock, look again (another run may have built meanwhile), build."""
+    manifest_output = load_plan(resolve_manifest(args.manifest)).manifest.output.resolve()
+    with output_lock(manifest_output, args.wait):
+        state = survey(args, args.cells, force=args.force, device=args.device,
+                       lock_output=args.output)
+        return build_stale(args, state, started)
+
+
+def output_lock(output: Path, wait: float) -> Any:
+    import filelock
+
+    folder = state_dir(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(folder / "lock"), timeout=wait)
+    owner = folder / "owner"
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        pid = _read_owner(owner)
+        raise LockBusy(f"another rtx-matrix build is running on {output} (pid {pid})") from None
+    owner.write_text(str(os.getpid()), encoding="utf-8")
+    return _Held(lock)
+
+
+class _Held:
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _read_owner(owner: Path) -> str:
+    try:
+        return owner.read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
+    from matrix.executor import (
+        LockBook,
+        build_jobs,
+        lock_header,
+        make_request,
+        remove_stale_temp_files,
+    )
+    from matrix.lockfile import lock_to_json
+    from matrix.progress import Batch, make_display, print_summary
+
+    plan, lock = state.plan, state.lock
+    header = lock_header(plan, state.lock_path, state.freshness.installed)
+    entries = dict(lock.engines) if lock else {}
+    on_disk = lock_to_json(lock) if lock else None
+    book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
+    jobs = [Job(s, make_request(s, plan, s.cell.needs_gpu), s.cell.needs_gpu)
+            for s in state.to_build]
+    remove_stale_temp_files(jobs)
+    expected = {s.cell.id: entries[s.cell.id].build_seconds
+                for s in state.to_build if s.cell.id in entries}
+    display = make_display(args.quiet, args.verbose)
+    display.start(Batch(tuple(j.request.cell_id for j in jobs), expected, args.jobs))
+    options = RunOptions(jobs=args.jobs, keep_going=args.keep_going, timeout=args.timeout)
+    try:
+        built = build_jobs(plan, jobs, book, options, state.gpu, display.event, display.outcome)
+    except KeyboardInterrupt:
+        display.stop()
+        state.stamps.save()
+        raise Interrupted("interrupted: the lock holds every cell that finished") from None
+    display.stop()
+    outcomes = [*built, *other_outcomes(state)]
+    failed = any(o.status in (Status.FAILED, Status.NOT_STARTED) for o in outcomes)
+    if not failed:
+        book.drop(state.removed)
+    book.flush()
+    state.stamps.save()
+    print_summary(outcomes, time.monotonic() - started, args.quiet)
+    return 1 if failed else 0
+
+
+def other_outcomes(state: Survey) -> list[Outcome]:
+    fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
+    skipped = [Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")
+               for s in state.skipped]
+    return fresh + skipped
