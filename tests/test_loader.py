@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from matrix.capabilities import CC
+from matrix.cli import report_error
 from matrix.errors import InputError
 from matrix.loader import display_path, load_manifest, parse_size
 from matrix.manifest import BuilderOptions, Exclusion, InputShape, Manifest, Target
@@ -338,3 +339,22 @@ def test_small_aliases_are_fine(tmp_path: Path) -> None:
         "version: 1\ntargets:\n  t: &ccs [sm86, sm89]\n  u: *ccs\n" + MINIMAL[11:],
     )
     assert [t.ccs for t in manifest.targets] == [(CC(8, 6), CC(8, 9))] * 2
+
+
+# what the user sees
+
+
+def test_bad_manifest_is_reported_as_error_lines_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "version: 1\nmodels:\n  - {name: a, onnx: a.onnx, targets: [sm90]}\n"
+                 "exclude: [{modle: a}]\n")
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    report_error(caught.value)
+    assert caught.value.exit_code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: m.yaml:3:38: $.models[0].targets[0]: 'sm90' (9.0) is not a TensorRT-RTX target: "
+        "it builds for sm75, sm80, sm86, sm89, sm120, sm121",
+        "error: m.yaml:4:12: $.exclude[0].modle: unknown key 'modle', did you mean 'model'?",
+    ]
