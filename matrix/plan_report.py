@@ -46,6 +46,7 @@ def reasons_text(cell: Cell) -> str:
 
 def print_plan_table(plan: Plan, out: TextIO) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{plan.manifest.path.name}: {len(plan.cells)} cells", title_justify="left")
@@ -56,10 +57,10 @@ def print_plan_table(plan: Plan, out: TextIO) -> None:
     for cell in plan.cells:
         style = VERDICT_STYLE[cell.verdict]
         table.add_row(
-            cell.id,
+            escape(cell.id),
             f"[{style}]{cell.verdict}[/]",
             " ".join(cell.runs_on),
-            reasons_text(cell),
+            escape(reasons_text(cell)),
         )
     console = Console(file=out, width=None if out.isatty() else 160)
     console.print(table)
