@@ -354,7 +354,7 @@ def test_bad_manifest_is_reported_as_error_lines_with_exit_code_2(
     report_error(caught.value)
     assert caught.value.exit_code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: m.yaml:3:38: $.models[0].targets[0]: 'sm90' (9.0) is not a TensorRT-RTX target: "
+        "error: m.yaml:3:39: $.models[0].targets[0]: 'sm90' (9.0) is not a TensorRT-RTX target: "
         "it builds for sm75, sm80, sm86, sm89, sm120, sm121",
         "error: m.yaml:4:12: $.exclude[0].modle: unknown key 'modle', did you mean 'model'?",
     ]
