@@ -117,6 +117,17 @@ class DaskBackend:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def jobs(self) -> int:
+        """How many cells the cluster builds at once (its worker threads): what the executor
+        keeps in flight, as with `WorkerPool.jobs`."""
+        workers = self._client.scheduler_info(n_workers=-1).get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+    def shutdown(self) -> None:
+        """`WorkerPool.shutdown`'s name for `close`."""
+        self.close()
+
     def close(self) -> None:
         """Cancel what is still queued and let go of the cluster. Safe to call twice."""
         if self._submitted:

@@ -55,7 +55,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def gpu_worker(client: Any) -> str:
     workers = client.scheduler_info(n_workers=-1)["workers"]
-    return next(addr for addr, info in workers.items() if info["resources"].get("GPU"))
+    return str(next(addr for addr, info in workers.items() if info["resources"].get("GPU")))
 
 
 def four_cells(tmp_path: Path, model: Path) -> list[BuildRequest]:
@@ -87,6 +87,7 @@ def test_dask_builds_same_engines_as_local_worker_pool(
     with WorkerPool(2, timeout=60) as pool:
         local, _ = run(pool, four_cells(local_dir, models["fp16"]))
     with DaskBackend(client, timeout=60) as backend:
+        assert backend.jobs == 3  # one thread on each of the 3 workers
         remote, seen = run(backend, four_cells(dask_dir, models["fp16"]))
     assert sorted(remote) == sorted(local) == ["cell0", "cell1", "cell2", "cell3"]
     for cell, result in remote.items():
