@@ -30,8 +30,8 @@ from matrix.manifest import (
     Profile,
     Target,
 )
-from matrix.schema_check import schema_issues
 from matrix.suggest import did_you_mean
+from matrix.valid_cache import known_valid, remember_valid
 from matrix.yaml_nodes import Document, check_budget, child_path, compose, decode, to_document
 
 DEFAULT_OUTPUT = "engines"
@@ -54,16 +54,30 @@ def display_path(path: Path) -> str:
 def load_manifest(path: Path) -> Manifest:
     """The manifest at `path`; InputError listing every problem found, nothing else raised."""
     file = display_path(path)
-    document = _read_document(path, file)
+    raw = _read_bytes(path, file)
+    document = _read_document(raw, file)
     problems = list(document.problems)
-    for json_path, message in schema_issues(document.data):
-        problems.append(Problem(file, message, *_locate(document.locations, json_path), json_path))
+    schema_checked = not known_valid(raw)
+    if schema_checked:
+        problems.extend(_schema_problems(document, file))
     interpreter = _Interpreter(Path(os.path.abspath(path)), file, document)
     manifest = interpreter.manifest()
     problems.extend(interpreter.problems)
     if problems:
         raise InputError(sorted(problems, key=lambda p: (p.line or 0, p.column or 0)))
+    if schema_checked:
+        remember_valid(raw)
     return manifest
+
+
+def _schema_problems(document: Document, file: str) -> list[Problem]:
+    # Imported here: jsonschema costs a no-op run more than everything else in this module.
+    from matrix.schema_check import schema_issues
+
+    return [
+        Problem(file, message, *_locate(document.locations, json_path), json_path)
+        for json_path, message in schema_issues(document.data)
+    ]
 
 
 def parse_size(value: int | str) -> int | None:
@@ -79,14 +93,17 @@ def parse_size(value: int | str) -> int | None:
     return int(float(number) * base**power)
 
 
-def _read_document(path: Path, file: str) -> Document:
-    """Everything up to plain data; a problem that leaves nothing to check is raised at once."""
+def _read_bytes(path: Path, file: str) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise InputError([Problem(file, "no such manifest file")]) from None
     except OSError as error:
         raise InputError([Problem(file, f"cannot read the manifest: {error.strerror}")]) from None
+
+
+def _read_document(raw: bytes, file: str) -> Document:
+    """Everything up to plain data; a problem that leaves nothing to check is raised at once."""
     text = decode(raw, file)
     if isinstance(text, Problem):
         raise InputError([text])

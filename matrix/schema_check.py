@@ -64,7 +64,24 @@ _PLURAL = {
 @cache
 def validator(name: str) -> Draft202012Validator:
     """Compiled once per process: the no-op build pays for it a single time."""
-    return Draft202012Validator(load_schema(name))
+    return Draft202012Validator(_inline_refs(load_schema(name)))
+
+
+def _inline_refs(schema: Any, root: Any = None) -> Any:
+    """Replace local `$ref`s by what they point at: a third of validation time otherwise goes
+    to reference lookups. Our schemas are not recursive, so this terminates."""
+    root = schema if root is None else root
+    if isinstance(schema, list):
+        return [_inline_refs(item, root) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    inlined = {key: _inline_refs(value, root) for key, value in schema.items()}
+    ref = inlined.pop("$ref", None)
+    if isinstance(ref, str) and ref.startswith("#/"):
+        return {**_inline_refs(_resolve({"$ref": ref}, root), root), **inlined}
+    if ref is not None:
+        inlined["$ref"] = ref
+    return inlined
 
 
 def schema_issues(data: Any, name: str = "manifest") -> list[Issue]:

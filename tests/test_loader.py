@@ -48,8 +48,10 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Problems name files relative to the current folder: keep them short."""
+    """Problems name files relative to the current folder: keep them short. A fresh cache, so
+    every manifest goes through the schema."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RTX_MATRIX_CACHE_DIR", str(tmp_path / "cache"))
 
 
 MINIMAL = "version: 1\nmodels:\n  - {name: m, onnx: m.onnx, targets: [default]}\n"
