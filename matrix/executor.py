@@ -87,8 +87,14 @@ class LockBook:
     Thread-safe: pool threads add and drop entries while the others build.
     """
 
-    def __init__(self, path: Path, header: Lock, entries: Mapping[str, LockEntry],
-                 stamps: Stamps, on_disk: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header: Lock,
+        entries: Mapping[str, LockEntry],
+        stamps: Stamps,
+        on_disk: str | None,
+    ) -> None:
         self.path = path
         self.header = header
         self.entries = dict(entries)
@@ -133,8 +139,9 @@ class LockBook:
         self.stamps.record(self.path, "")
 
 
-def lock_entry(plan: Plan, job: Job, result: BuildResult, lock_dir: Path,
-               gpu: Gpu | None) -> LockEntry:
+def lock_entry(
+    plan: Plan, job: Job, result: BuildResult, lock_dir: Path, gpu: Gpu | None
+) -> LockEntry:
     cell, state = job.state.cell, job.state
     facts: ModelFacts = plan.facts[cell.model.name]
     assert result.sha256 is not None and result.size is not None
@@ -207,8 +214,9 @@ def build_jobs(
         for pool_args, lane_jobs in lanes:
             pool = WorkerPool(**pool_args).__enter__()
             run.pools.append(pool)
-            thread = threading.Thread(target=_drain, args=(run, pool, lane_jobs), daemon=True,
-                                      name="rtx-matrix-lane")
+            thread = threading.Thread(
+                target=_drain, args=(run, pool, lane_jobs), daemon=True, name="rtx-matrix-lane"
+            )
             threads.append(thread)
             thread.start()
         return _collect(run, len(threads), on_event, on_outcome)
@@ -220,8 +228,9 @@ def build_jobs(
             thread.join(timeout=5)
 
 
-def _lanes(jobs: list[Job], options: RunOptions,
-           gpu: Gpu | None) -> list[tuple[dict[str, Any], list[Job]]]:
+def _lanes(
+    jobs: list[Job], options: RunOptions, gpu: Gpu | None
+) -> list[tuple[dict[str, Any], list[Job]]]:
     cpu = [job for job in jobs if not job.on_gpu]
     on_gpu = [job for job in jobs if job.on_gpu]
     lanes: list[tuple[dict[str, Any], list[Job]]] = [
@@ -234,8 +243,12 @@ def _lanes(jobs: list[Job], options: RunOptions,
     return lanes
 
 
-def _collect(run: Run, lanes: int, on_event: Callable[[ProgressEvent], None],
-             on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+def _collect(
+    run: Run,
+    lanes: int,
+    on_event: Callable[[ProgressEvent], None],
+    on_outcome: Callable[[Outcome], None],
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     while lanes:
         try:

@@ -102,8 +102,13 @@ class RichDisplay(Display):
         from rich.live import Live
 
         self.batch = batch
-        self.live = Live(self._render(), console=self.console, refresh_per_second=8,
-                         transient=True, get_renderable=self._render)
+        self.live = Live(
+            self._render(),
+            console=self.console,
+            refresh_per_second=8,
+            transient=True,
+            get_renderable=self._render,
+        )
         self.live.start()
 
     def event(self, event: ProgressEvent) -> None:
@@ -179,8 +184,9 @@ def summary_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, int, float]]:
     return rows
 
 
-def print_summary(outcomes: Sequence[Outcome], elapsed: float, quiet: bool,
-                  out: TextIO | None = None) -> None:
+def print_summary(
+    outcomes: Sequence[Outcome], elapsed: float, quiet: bool, out: TextIO | None = None
+) -> None:
     """Counts and times per status, then every failed and skipped cell with its reason."""
     out = out or sys.stdout
     notable = [o for o in outcomes if o.status in (Status.FAILED, Status.SKIPPED)]
@@ -201,8 +207,9 @@ def print_summary(outcomes: Sequence[Outcome], elapsed: float, quiet: bool,
         print(f"  {outcome_line(outcome)}", file=out)
 
 
-def _rich_summary(outcomes: Sequence[Outcome], notable: Sequence[Outcome], elapsed: float,
-                  out: TextIO) -> None:
+def _rich_summary(
+    outcomes: Sequence[Outcome], notable: Sequence[Outcome], elapsed: float, out: TextIO
+) -> None:
     from rich.console import Console
     from rich.table import Table
 

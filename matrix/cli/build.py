@@ -39,26 +39,49 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_manifest_args(parser)
-    parser.add_argument("cells", nargs="*", metavar="CELL",
-                        help="build only these cells: cell id, model name or glob (m@sm8*)")
-    parser.add_argument("-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1,
-                        help="parallel builds (default: number of cores)")
-    parser.add_argument("-k", "--keep-going", action="store_true",
-                        help="go on building other cells after a failure")
-    parser.add_argument("--timeout", type=float, metavar="S",
-                        help="fail a cell whose build runs longer than S seconds")
+    parser.add_argument(
+        "cells",
+        nargs="*",
+        metavar="CELL",
+        help="build only these cells: cell id, model name or glob (m@sm8*)",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="parallel builds (default: number of cores)",
+    )
+    parser.add_argument(
+        "-k", "--keep-going", action="store_true", help="go on building other cells after a failure"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="fail a cell whose build runs longer than S seconds",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even up-to-date cells")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="show what would be built and why; build nothing")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when anything would be built; build nothing")
-    parser.add_argument("--skip-rejected", action="store_true",
-                        help="warn about rejected cells instead of failing")
-    parser.add_argument("--require-gpu", action="store_true",
-                        help="fail instead of skipping cells that need a GPU")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what would be built and why; build nothing"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when anything would be built; build nothing"
+    )
+    parser.add_argument(
+        "--skip-rejected", action="store_true", help="warn about rejected cells instead of failing"
+    )
+    parser.add_argument(
+        "--require-gpu", action="store_true", help="fail instead of skipping cells that need a GPU"
+    )
     parser.add_argument("--device", type=int, metavar="N", help="GPU (NVML index) to build on")
-    parser.add_argument("--wait", type=float, default=0.0, metavar="S",
-                        help="wait up to S seconds for another build of this output to end")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for another build of this output to end",
+    )
     parser.add_argument("-o", "--output", metavar="LOCK", help="lockfile to write")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only failures")
@@ -68,8 +91,9 @@ def add_parser(subparsers: Any) -> None:
 
 def add_manifest_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
-    parser.add_argument("--verify", action="store_true",
-                        help="hash every engine instead of trusting size and mtime")
+    parser.add_argument(
+        "--verify", action="store_true", help="hash every engine instead of trusting size and mtime"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -113,8 +137,14 @@ class Survey:
         return self.freshness.removed if self.full else ()
 
 
-def survey(args: argparse.Namespace, patterns: Sequence[str] = (), *, force: bool = False,
-           device: int | None = None, lock_output: str | None = None) -> Survey:
+def survey(
+    args: argparse.Namespace,
+    patterns: Sequence[str] = (),
+    *,
+    force: bool = False,
+    device: int | None = None,
+    lock_output: str | None = None,
+) -> Survey:
     plan = load_plan(resolve_manifest(args.manifest))
     chosen = select_cells(plan, patterns)
     gpu, gpu_missing = None, None
@@ -128,8 +158,9 @@ def survey(args: argparse.Namespace, patterns: Sequence[str] = (), *, force: boo
     lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
     buildable_ids = {cell.id for cell in plan.buildable}
     buildable = [cell for cell in chosen if cell.id in buildable_ids]
-    fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu,
-                  verify=args.verify, force=force)
+    fresh = check(
+        plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=args.verify, force=force
+    )
     return Survey(plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, full=not patterns)
 
 
@@ -140,7 +171,8 @@ def select_cells(plan: Plan, patterns: Sequence[str]) -> list[Cell]:
     chosen: list[Cell] = []
     for pattern in patterns:
         matched = [
-            cell for cell in plan.cells
+            cell
+            for cell in plan.cells
             if pattern in (cell.id, cell.model.name) or fnmatch.fnmatchcase(cell.id, pattern)
         ]
         if not matched:
@@ -164,8 +196,7 @@ def replan(plan: Plan, gpu: Gpu) -> Plan:
     from matrix.planner import make_plan
     from matrix.rules import rules_for
 
-    return make_plan(plan.manifest, plan.facts, rules_for(installed_tensorrt_rtx()),
-                     current=gpu.cc)
+    return make_plan(plan.manifest, plan.facts, rules_for(installed_tensorrt_rtx()), current=gpu.cc)
 
 
 def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
@@ -187,12 +218,10 @@ def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    state = survey(args, args.cells, force=args.force, device=args.device,
-                   lock_output=args.output)
+    state = survey(args, args.cells, force=args.force, device=args.device, lock_output=args.output)
     refuse_rejected(state.plan, select_cells(state.plan, args.cells), args.skip_rejected)
     if args.require_gpu and state.skipped:
-        raise GpuError(f"--require-gpu: {len(state.skipped)} cells need a GPU: "
-                       f"{state.gpu_missing}")
+        raise GpuError(f"--require-gpu: {len(state.skipped)} cells need a GPU: {state.gpu_missing}")
     if args.dry_run or args.check:
         print_pending(state, sys.stdout)
         if args.check and (state.to_build or state.removed):
@@ -213,7 +242,10 @@ def needs_writing(state: Survey) -> bool:
     header = lock_header(state.plan, state.lock_path, state.freshness.installed)
     lock = state.lock
     return lock is None or (lock.tool, lock.tensorrt_rtx, lock.manifest, lock.plan) != (
-        header.tool, header.tensorrt_rtx, header.manifest, header.plan
+        header.tool,
+        header.tensorrt_rtx,
+        header.manifest,
+        header.plan,
     )
 
 
@@ -232,16 +264,20 @@ def print_pending(state: Survey, out: Any) -> None:
     for cell_id in state.removed:
         print(f"would remove {cell_id} from the lock: removed from the manifest", file=out)
     fresh = len(state.freshness.up_to_date)
-    print(f"{len(state.to_build)} to build, {fresh} up to date, {len(state.skipped)} skipped, "
-          f"{len(state.removed)} to remove", file=out)
+    print(
+        f"{len(state.to_build)} to build, {fresh} up to date, {len(state.skipped)} skipped, "
+        f"{len(state.removed)} to remove",
+        file=out,
+    )
 
 
 def build_under_lock(args: argparse.Namespace, started: float) -> int:
     """Take the output folder's lock, look again (another run may have built meanwhile), build."""
     manifest_output = load_plan(resolve_manifest(args.manifest)).manifest.output.resolve()
     with output_lock(manifest_output, args.wait):
-        state = survey(args, args.cells, force=args.force, device=args.device,
-                       lock_output=args.output)
+        state = survey(
+            args, args.cells, force=args.force, device=args.device, lock_output=args.output
+        )
         return build_stale(args, state, started)
 
 
@@ -295,11 +331,13 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
     entries = dict(lock.engines) if lock else {}
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
-    jobs = [Job(s, make_request(s, plan, s.cell.needs_gpu), s.cell.needs_gpu)
-            for s in state.to_build]
+    jobs = [
+        Job(s, make_request(s, plan, s.cell.needs_gpu), s.cell.needs_gpu) for s in state.to_build
+    ]
     remove_stale_temp_files(jobs)
-    expected = {s.cell.id: entries[s.cell.id].build_seconds
-                for s in state.to_build if s.cell.id in entries}
+    expected = {
+        s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
+    }
     display = make_display(args.quiet, args.verbose)
     display.start(Batch(tuple(j.request.cell_id for j in jobs), expected, args.jobs))
     options = RunOptions(jobs=args.jobs, keep_going=args.keep_going, timeout=args.timeout)
@@ -322,6 +360,8 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
 
 def other_outcomes(state: Survey) -> list[Outcome]:
     fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
-    skipped = [Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")
-               for s in state.skipped]
+    skipped = [
+        Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")
+        for s in state.skipped
+    ]
     return fresh + skipped

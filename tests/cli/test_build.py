@@ -1,0 +1,369 @@
+"""`rtx-matrix build` end to end: real TensorRT-RTX builds of tiny generated models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from matrix.cli import main
+from matrix.lockfile import read_lock
+from matrix.versions import VERSION_OVERRIDE, installed_tensorrt_rtx
+from tests import modelgen
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = """\
+version: 1
+output: engines
+models:
+{models}
+"""
+MODELS = {
+    "a": "  - name: a\n    onnx: models/a.onnx\n    targets: [sm86, sm89]\n",
+    "b": "  - name: b\n    onnx: models/b.onnx\n    targets: [sm86]\n",
+}
+
+
+class Project:
+    """A manifest folder with tiny conv models, and helpers to run the CLI on it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manifest = root / "rtx-matrix.yaml"
+        self.lock = root / "rtx-matrix.lock"
+        self.engines = root / "engines"
+
+    def write(self, *models: str, extra: dict[str, str] | None = None) -> None:
+        entries = {**MODELS, **(extra or {})}
+        text = MANIFEST.format(models="".join(entries[m] for m in models))
+        self.manifest.write_text(text)
+
+    def engine(self, cell: str) -> Path:
+        return self.engines / cell.split("@")[0] / f"{cell}.engine"
+
+    def build(self, *args: str) -> int:
+        return main(["build", "-j2", *args, str(self.manifest)])
+
+    def lock_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.lock.read_text())
+        return data
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    proj = Project(tmp_path)
+    modelgen.conv_fp32(tmp_path / "models" / "a.onnx", seed=1)
+    modelgen.conv_fp32(tmp_path / "models" / "b.onnx", seed=2)
+    proj.write("a", "b")
+    return proj
+
+
+@pytest.fixture
+def version_hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    installed_tensorrt_rtx.cache_clear()
+    yield monkeypatch
+    monkeypatch.delenv(VERSION_OVERRIDE, raising=False)
+    installed_tensorrt_rtx.cache_clear()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def built_cells(output: str) -> list[str]:
+    return sorted(line.split()[2] for line in output.splitlines() if "] built " in line)
+
+
+def changed_lines(before: str, after: str) -> set[str]:
+    """What differs between two lock texts of the same cells: cell ids for lines inside an
+    engine entry, the line itself (stripped) for lines outside."""
+    changed, cell = set(), None
+    for old, new in zip(before.splitlines(), after.splitlines(), strict=True):
+        if old.startswith('    "') and old.endswith("{"):
+            cell = old.strip().split('"')[1]
+        elif not old.startswith("      "):
+            cell = None
+        if old != new:
+            changed.add(cell or new.strip().split(":")[0])
+    return changed
+
+
+def test_first_build_writes_engines_and_lock(project: Project, capsys: Any) -> None:
+    assert project.build() == 0
+    out = capsys.readouterr().out
+    assert built_cells(out) == ["a@sm86", "a@sm89", "b@sm86"]
+    lock = read_lock(project.lock)
+    assert lock is not None and sorted(lock.engines) == ["a@sm86", "a@sm89", "b@sm86"]
+    for cell, entry in lock.engines.items():
+        engine = project.engine(cell)
+        assert entry.path == f"engines/{cell.split('@')[0]}/{cell}.engine"
+        assert entry.sha256 == sha256(engine)
+        assert entry.size == engine.stat().st_size
+        assert engine.with_suffix(".log").is_file()
+    a89 = lock.engines["a@sm89"]
+    assert (a89.targets, a89.resolved_targets, a89.runs_on) == (("sm89",), ("sm89",), ("sm89",))
+    assert a89.header_mask == 0b1000  # bit 3 = SM89 in the engine header
+    assert a89.model.path == "models/a.onnx" and a89.model.name == "a"
+    assert lock.plan.cells == ("a@sm86", "a@sm89", "b@sm86")
+    assert not list(project.engines.rglob("*.tmp*"))
+
+
+def test_second_run_is_a_noop(project: Project, capsys: Any) -> None:
+    assert project.build() == 0
+    capsys.readouterr()
+    before = project.lock.read_bytes()
+    mtime = project.engine("a@sm86").stat().st_mtime_ns
+    assert project.build() == 0
+    assert capsys.readouterr().out == "3 cells up to date\n"
+    assert project.lock.read_bytes() == before
+    assert project.engine("a@sm86").stat().st_mtime_ns == mtime
+
+
+def test_changed_model_rebuilds_only_its_cells(project: Project, capsys: Any) -> None:
+    assert project.build() == 0
+    before = project.lock.read_text()
+    capsys.readouterr()
+    modelgen.conv_fp32(project.root / "models" / "a.onnx", seed=7)
+    assert main(["build", str(project.manifest), "--check"]) == 1
+    assert "would build a@sm86: model changed" in capsys.readouterr().out
+    assert project.build() == 0
+    assert built_cells(capsys.readouterr().out) == ["a@sm86", "a@sm89"]
+    after = project.lock.read_text()
+    # the plan digest covers every cell's fingerprint, so it moves too
+    assert changed_lines(before, after) == {"a@sm86", "a@sm89", '"digest"'}
+    assert project.lock_json()["engines"]["b@sm86"] == json.loads(before)["engines"]["b@sm86"]
+
+
+def test_option_change_rebuilds(project: Project, capsys: Any) -> None:
+    assert project.build() == 0
+    capsys.readouterr()
+    option = MODELS["b"] + "    builder: {optimization_level: 1}\n"
+    project.write("a", "b", extra={"b": option})
+    assert main(["status", str(project.manifest)]) == 0
+    assert "b@sm86: options changed" in capsys.readouterr().out
+    assert project.build() == 0
+    assert built_cells(capsys.readouterr().out) == ["b@sm86"]
+    entry = project.lock_json()["engines"]["b@sm86"]
+    assert entry["options"]["builder"] == {"optimization_level": 1}
+
+
+def test_library_version_change_rebuilds_everything(
+    project: Project, capsys: Any, version_hook: pytest.MonkeyPatch
+) -> None:
+    assert project.build() == 0
+    old = project.lock_json()
+    capsys.readouterr()
+    version_hook.setenv(VERSION_OVERRIDE, "1.7.2.0")
+    installed_tensorrt_rtx.cache_clear()
+    assert main(["status", str(project.manifest)]) == 0
+    assert "a@sm86: library version changed (1.7.1.116 -> 1.7.2.0)" in capsys.readouterr().out
+    assert project.build() == 0
+    assert built_cells(capsys.readouterr().out) == ["a@sm86", "a@sm89", "b@sm86"]
+    new = project.lock_json()
+    assert new["tensorrt_rtx"] == "1.7.2.0"
+    assert all(
+        new["engines"][c]["fingerprint"] != old["engines"][c]["fingerprint"] for c in old["engines"]
+    )
+
+
+def test_verify_detects_an_engine_edited_in_place(project: Project, capsys: Any) -> None:
+    assert project.build() == 0
+    engine = project.engine("b@sm86")
+    stat = engine.stat()
+    data = bytearray(engine.read_bytes())
+    data[-1] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    os.utime(engine, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    assert project.build() == 0  # same size and mtime: trusted without hashing
+    assert capsys.readouterr().out == "3 cells up to date\n"
+    assert main(["status", str(project.manifest), "--verify", "--check"]) == 1
+    assert "b@sm86: engine modified" in capsys.readouterr().out
+    assert project.build("--verify") == 0
+    assert built_cells(capsys.readouterr().out) == ["b@sm86"]
+    assert project.lock_json()["engines"]["b@sm86"]["sha256"] == sha256(engine)
+
+
+def unknown_op_model(path: Path) -> None:
+    """An op from a custom domain: the planner has nothing against it, the ONNX parser fails."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Mystery", ["x"], ["y"], domain="com.example")],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(path))
+
+
+def failing_project(project: Project) -> None:
+    """Model `bad` is accepted by the planner and fails inside the builder."""
+    unknown_op_model(project.root / "models" / "bad.onnx")
+    bad = "  - name: bad\n    onnx: models/bad.onnx\n    targets: [sm86]\n"
+    project.write("bad", "a", "b", extra={"bad": bad})
+
+
+def test_failing_cell_with_keep_going(project: Project, capsys: Any) -> None:
+    failing_project(project)
+    assert project.build("-k") == 1
+    out = capsys.readouterr().out
+    assert built_cells(out) == ["a@sm86", "a@sm89", "b@sm86"]
+    assert "FAILED bad@sm86 after" in out
+    assert "3 built" in out and "1 failed" in out
+    assert sorted(project.lock_json()["engines"]) == ["a@sm86", "a@sm89", "b@sm86"]
+    assert not project.engine("bad@sm86").exists()
+    assert "FAILED" in project.engine("bad@sm86").with_suffix(".log").read_text()
+
+
+def test_without_keep_going_stops_starting_cells(project: Project, capsys: Any) -> None:
+    failing_project(project)
+    assert main(["build", str(project.manifest), "-j1"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED bad@sm86" in out
+    assert built_cells(out) == []
+    assert sorted(line.split()[-1] for line in out.splitlines() if "] not started " in line) == [
+        "a@sm86",
+        "a@sm89",
+        "b@sm86",
+    ]
+    assert "0 built, 0 up to date, 1 failed" in out and "3 not started" in out
+    assert project.lock_json()["engines"] == {}
+
+
+def test_cells_selected_by_id_model_and_glob(project: Project, capsys: Any) -> None:
+    manifest = str(project.manifest)
+    assert main(["build", manifest, "a@sm89"]) == 0
+    assert built_cells(capsys.readouterr().out) == ["a@sm89"]
+    assert main(["build", "-j2", manifest, "b", "a@sm8?"]) == 0
+    assert built_cells(capsys.readouterr().out) == ["a@sm86", "b@sm86"]
+    assert main(["build", manifest, "nothing*"]) == 2
+    assert "error: no cell matches 'nothing*'" in capsys.readouterr().err
+
+
+def test_removed_model_leaves_the_lock(project: Project, capsys: Any) -> None:
+    assert project.build() == 0
+    project.write("a")
+    capsys.readouterr()
+    assert main(["status", str(project.manifest), "--check"]) == 1
+    assert "b@sm86: removed from the manifest" in capsys.readouterr().out
+    assert project.build() == 0
+    assert sorted(project.lock_json()["engines"]) == ["a@sm86", "a@sm89"]
+
+
+def test_second_build_on_the_same_output_exits_3(project: Project, capsys: Any) -> None:
+    import filelock
+
+    state = project.engines / ".rtx-matrix"
+    state.mkdir(parents=True)
+    (state / "owner").write_text("4242")
+    with filelock.FileLock(str(state / "lock")):
+        assert project.build() == 3
+    err = capsys.readouterr().err
+    assert f"error: another rtx-matrix build is running on {project.engines} (pid 4242)" in err
+    assert not project.lock.exists()
+
+
+# ---------------------------------------------------------------- interrupted runs (processes)
+
+
+def slow_project(project: Project) -> None:
+    """`slow` (about 3 s to build) after the quick cells, with -j1 so order is fixed."""
+    modelgen.slow_conv_stack(project.root / "models" / "slow.onnx")
+    slow = "  - name: slow\n    onnx: models/slow.onnx\n    targets: [sm86]\n"
+    project.write("a", "slow", "b", extra={"slow": slow})
+
+
+def start_build(project: Project, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "matrix", "build", str(project.manifest), "-j1", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_slow_build(project: Project, process: subprocess.Popen[str]) -> None:
+    """Until both quick `a` cells are in the lock and `slow` is building."""
+    log = project.engine("slow@sm86").with_suffix(".log")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        ready = log.exists() and project.lock.exists()
+        if ready and {"a@sm86", "a@sm89"} <= set(project.lock_json()["engines"]):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"slow cell never started: {process.communicate()}")
+
+
+def assert_lock_matches_disk(project: Project) -> set[str]:
+    lock = read_lock(project.lock)
+    assert lock is not None
+    for cell, entry in lock.engines.items():
+        assert sha256(project.root / entry.path) == entry.sha256, cell
+    return set(lock.engines)
+
+
+def worker_pids(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"resource_tracker" not in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_ctrl_c_keeps_finished_cells_and_resume_builds_the_rest(
+    project: Project, capsys: Any
+) -> None:
+    slow_project(project)
+    process = start_build(project)
+    wait_for_slow_build(project, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    assert assert_lock_matches_disk(project) == {"a@sm86", "a@sm89"}
+    assert not list(project.engines.rglob("*.tmp*"))
+    assert project.build() == 0
+    assert built_cells(capsys.readouterr().out) == ["b@sm86", "slow@sm86"]
+
+
+def test_kill_9_leaves_a_valid_lock(project: Project, capsys: Any) -> None:
+    slow_project(project)
+    process = start_build(project)
+    wait_for_slow_build(project, process)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole run at once, like a power loss
+    process.communicate(timeout=30)
+    assert assert_lock_matches_disk(project) == {"a@sm86", "a@sm89"}
+    assert project.build() == 0
+    assert built_cells(capsys.readouterr().out) == ["b@sm86", "slow@sm86"]
+    assert not list(project.engines.rglob("*.tmp*"))
+
+
+def test_worker_killed_mid_build_fails_only_its_cell(project: Project) -> None:
+    slow_project(project)
+    process = start_build(project, "-k")
+    wait_for_slow_build(project, process)
+    for pid in worker_pids(process.pid):
+        os.kill(pid, signal.SIGKILL)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, out + err
+    assert "FAILED slow@sm86" in out and "SIGKILL" in out
+    assert "built b@sm86" in out
+    assert assert_lock_matches_disk(project) == {"a@sm86", "a@sm89", "b@sm86"}
