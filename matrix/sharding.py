@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from matrix.errors import UsageError
 from matrix.facts import ModelFacts
 from matrix.lockfile_types import Lock
-from matrix.plan import Cell, Verdict
+from matrix.plan import Cell, Plan, Verdict
 
 STRATEGIES = ("balanced", "hash")
 POOLS = ("cpu", "gpu")
@@ -106,6 +106,22 @@ def select_shard(
         raise UsageError(f"shard {k}/{n}: K must be between 1 and N")
     chosen = set(assign_shards(cells, n, strategy, previous, facts)[k - 1])
     return tuple(c for c in cells if c.id in chosen)
+
+
+def shard_of_plan(
+    plan: Plan,
+    shard: str,
+    strategy: str = "balanced",
+    pool: str | None = None,
+    previous: Lock | None = None,
+) -> tuple[Cell, ...]:
+    """`build --shard K/N [--pool P] [--shard-strategy S]`: the cells this shard owns.
+
+    Computed over every buildable cell of the pool, stale or not, so all shards agree; the
+    caller then builds the stale ones and writes a lock holding only these cells.
+    """
+    k, n = parse_shard(shard)
+    return select_shard(cells_in_pool(plan.cells, pool), k, n, strategy, previous, plan.facts)
 
 
 def _longest_first(

@@ -136,3 +136,21 @@ def test_unknown_strategy_and_bad_k_are_usage_errors() -> None:
         assign_shards([make_cell("a")], 2, "random")
     with pytest.raises(UsageError):
         select_shard([make_cell("a")], 3, 2)
+
+
+def test_shard_of_plan_splits_one_pool_by_k_of_n() -> None:
+    from matrix.manifest import Manifest
+    from matrix.plan import Plan
+    from matrix.sharding import shard_of_plan
+
+    cells = (make_cell("a"), make_cell("b"), make_cell("c"),
+             make_cell("g", verdict=Verdict.NEEDS_GPU), make_cell("r", verdict=Verdict.REJECTED))
+    manifest = Manifest(path=Path("/m/x.yaml"), output=Path("/m/engines"), output_rel="engines",
+                        targets=(), models=())
+    plan = Plan(manifest=manifest, cells=cells, facts={}, tensorrt_rtx="1.7.1.116")
+    cpu = [shard_of_plan(plan, f"{k}/2", pool="cpu") for k in (1, 2)]
+    assert sorted(c.id for shard in cpu for c in shard) == ["a@sm86", "b@sm86", "c@sm86"]
+    assert [c.id for c in shard_of_plan(plan, "1/1", pool="gpu")] == ["g@sm86+weightless"]
+    assert len(shard_of_plan(plan, "1/1")) == 4
+    with pytest.raises(UsageError):
+        shard_of_plan(plan, "3/2")
