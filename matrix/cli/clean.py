@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         stamps.save()
         remove_empty_folders(output)
-    print(f"{len(doomed)} file{'' if len(doomed) == 1 else 's'} {verb}")
+    plural = "" if len(doomed) == 1 else "s"
+    done = "would be deleted" if args.dry_run else "deleted"
+    print(f"{len(doomed)} file{plural} {done}")
     return 0
 
 
