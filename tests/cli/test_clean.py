@@ -8,7 +8,7 @@ import pytest
 
 from matrix.cli import main
 from tests.cli.test_build import Project
-from tests.cli.test_build import project as project  # noqa: F401  (fixture)
+from tests.cli.test_build import project as project  # the fixture
 
 pytestmark = pytest.mark.slow
 
