@@ -8,7 +8,6 @@ objects), check the expansion size against a budget, then build the data ourselv
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,12 +196,12 @@ class _Builder:
         self.document.problems.append(Problem(self.file, message, *location_of(node), path))
 
     def build(self, node: Node, path: str) -> Any:
-        handlers: dict[type[Node], Callable[[Any, str], Any]] = {
-            ScalarNode: self.scalar,
-            SequenceNode: self.sequence,
-            MappingNode: self.mapping,
-        }
-        return handlers[type(node)](node, path)
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path)
+        if isinstance(node, SequenceNode):
+            return self.sequence(node, path)
+        assert isinstance(node, MappingNode)
+        return self.mapping(node, path)
 
     def scalar(self, node: ScalarNode, path: str) -> Any:
         if node.tag not in _SCALAR_TAGS:
