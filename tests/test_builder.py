@@ -256,3 +256,16 @@ def test_unwritable_log_fails_the_cell(tmp_path: Path, models: dict[str, Path]) 
     assert not result.ok
     assert result.error is not None and result.error.startswith("cannot write build log: ")
     assert not Path(req.engine_path).exists()
+
+
+def test_each_build_in_one_process_logs_to_its_own_file(tmp_path: Path,
+                                                        models: dict[str, Path]) -> None:
+    # The library keeps the first logger while any builder lives: workers build many cells.
+    first = request(tmp_path, models["conv"], name="first")
+    second = request(tmp_path, models["mlp"], name="second", ccs=("sm75",))
+    assert build(first).ok
+    result = build(second)
+    assert result.error and "FP32 GEMM is not supported" in result.error
+    assert str(models["conv"]) in Path(first.log_path).read_text()
+    second_log = Path(second.log_path).read_text()
+    assert str(models["mlp"]) in second_log and str(models["conv"]) not in second_log

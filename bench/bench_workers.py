@@ -1,0 +1,119 @@
+"""Worker-pool benchmark: overhead against direct library calls, and -j2 over -j1.
+
+    python bench/bench_workers.py [--cells 8] [--layers 8] [--repeat 1]
+
+(1) overhead: `WorkerPool(jobs=1)` over N similar cells against a minimal script that calls
+    tensorrt_rtx directly in one process for the same cells (target: at most 5 % slower);
+(2) parallelism: `-j2` throughput over `-j1` for the same cells (target: at least 1.8x on
+    2 cores; one build uses one core);
+(3) start method: time for a fresh pool to return its first tiny cell, "spawn" against
+    "forkserver".
+Each variant runs as its own Python process, so interpreter start and imports count for all.
+The numbers depend on what else runs on the machine: the load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DIRECT = """
+import sys, tensorrt_rtx as trt
+logger = trt.Logger(trt.Logger.WARNING)
+for onnx, engine in zip(sys.argv[1::2], sys.argv[2::2]):
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(onnx)
+    blob = builder.build_serialized_network(network, builder.create_builder_config())
+    with open(engine, "wb") as out:
+        out.write(blob)
+"""
+
+
+def make_models(folder: Path, cells: int, layers: int) -> list[Path]:
+    from tests import modelgen
+
+    return [modelgen.slow_conv_stack(folder / f"m{i}.onnx", layers=layers, seed=i)
+            for i in range(cells)]
+
+
+def run_pool(models: list[Path], out: Path, jobs: int, method: str = "spawn") -> float:
+    """Child-process entry: build every model with a WorkerPool; returns wall seconds."""
+    from matrix import workers
+    from matrix.jobs import BuildRequest
+    from matrix.manifest import BuilderOptions
+
+    workers.START_METHOD = method
+    started = time.perf_counter()
+    with workers.WorkerPool(jobs=jobs) as pool:
+        for model in models:
+            pool.submit(BuildRequest(
+                cell_id=model.stem, onnx=str(model), ccs=(), use_gpu=False, weightless=False,
+                options=BuilderOptions(), profiles=(), engine_path=str(out / f"{model.stem}.e"),
+                log_path=str(out / "logs" / f"{model.stem}.log")))
+        failed = [r for r in pool.results(lambda event: None) if not r.ok]
+    assert not failed, failed
+    return time.perf_counter() - started
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def pool_command(models: list[Path], out: Path, jobs: int, method: str = "spawn") -> list[str]:
+    return [sys.executable, __file__, "--child", str(jobs), method, str(out),
+            *map(str, models)]
+
+
+def best(times: list[float]) -> float:
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=220, help="conv layers per model (~1 s)")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        models = make_models(folder / "models", args.cells, args.layers)
+        tiny = make_models(folder / "tiny", 1, 1)
+        direct, j1, j2 = [], [], []
+        for _ in range(args.repeat):
+            pairs = [str(a) for m in models for a in (m, folder / f"direct-{m.stem}.e")]
+            direct.append(timed([sys.executable, "-c", DIRECT, *pairs]))
+            j1.append(timed(pool_command(models, folder / "j1", 1)))
+            j2.append(timed(pool_command(models, folder / "j2", 2)))
+        startup = {method: best([timed(pool_command(tiny, folder / method, 1, method))
+                                 for _ in range(3)])
+                   for method in ("spawn", "forkserver")}
+    d, one, two = best(direct), best(j1), best(j2)
+    print(f"cells: {args.cells} x slow_conv_stack(layers={args.layers}), "
+          f"{d / args.cells:.2f} s per build")
+    print(f"(1) direct {d:.2f} s, WorkerPool -j1 {one:.2f} s: overhead "
+          f"{100 * (one - d) / d:+.1f} % (target <= 5 %)")
+    print(f"(2) -j1 {one:.2f} s, -j2 {two:.2f} s: speed-up {one / two:.2f}x (target >= 1.8x)")
+    print("(3) fresh pool + one tiny cell: "
+          + ", ".join(f"{m} {s:.2f} s" for m, s in startup.items()))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        jobs, method, out = int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+        run_pool([Path(p) for p in sys.argv[5:]], out, jobs, method)
+    else:
+        main()
