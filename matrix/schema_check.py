@@ -230,12 +230,14 @@ def _bound_message(error: ValidationError) -> str:
 def _type_message(error: ValidationError, root: Mapping[str, Any]) -> str:
     wanted = _value(error)
     types = [wanted] if isinstance(wanted, str) else list(wanted)
+    if "number" in types:  # integers are numbers: say it once
+        types = [t for t in types if t != "integer"]
     if types == ["array"]:
         items = _resolve(_schema(error).get("items", {}), root)
         item_types = items.get("type")
         if item_types:
             listed = [item_types] if isinstance(item_types, str) else item_types
-            if "number" in listed:  # integers are numbers: say it once
+            if "number" in listed:
                 listed = [t for t in listed if t != "integer"]
             plural = _either(_PLURAL[t] for t in listed)
             return f"must be a list of {plural} {_got(_instance(error))}"

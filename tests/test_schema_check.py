@@ -81,3 +81,9 @@ def test_invalid_set_name_points_at_the_key() -> None:
 def test_long_values_are_shortened() -> None:
     ((_, message),) = schema_issues(manifest(model={"onnx": 1234567890 * 10**40}))
     assert message == "must be a string (got 1234567890000000000000000000000000000...)"
+
+
+def test_integers_and_numbers_are_named_once() -> None:
+    assert schema_issues(manifest(model={"targets": [True]})) == [
+        ("$.models[0].targets[0]", "must be a string or a number (got True)"),
+    ]
