@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from matrix.capabilities import CC
 
 DEFAULT = "default"
 CURRENT = "current"
 TILING_LEVELS = ("none", "fast", "moderate", "full")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,12 @@ class BuilderOptions:
     def merged(self, override: BuilderOptions) -> BuilderOptions:
         """`override`'s set fields win over ours."""
         return BuilderOptions(
-            **{
-                name: getattr(override, name) if getattr(override, name) is not None else value
-                for name, value in self.as_dict(include_unset=True).items()
-            }
+            optimization_level=_first(override.optimization_level, self.optimization_level),
+            tiling_optimization_level=_first(
+                override.tiling_optimization_level, self.tiling_optimization_level
+            ),
+            max_aux_streams=_first(override.max_aux_streams, self.max_aux_streams),
+            workspace_bytes=_first(override.workspace_bytes, self.workspace_bytes),
         )
 
     def as_dict(self, include_unset: bool = False) -> dict[str, int | str | None]:
@@ -64,6 +68,10 @@ class BuilderOptions:
             "workspace_bytes": self.workspace_bytes,
         }
         return values if include_unset else {k: v for k, v in values.items() if v is not None}
+
+
+def _first(*values: T | None) -> T | None:
+    return next((v for v in values if v is not None), None)
 
 
 @dataclass(frozen=True)
