@@ -107,6 +107,7 @@ class DaskBackend:
         self._finished: set[str] = set()
         self._shared_by_folder: dict[str, bool] = {}
         self._resources: list[dict[str, float]] | None = None
+        self._jobs: int | None = None
         self.ran_on: dict[str, str] = {}
         """Cell id -> address of the Dask worker that built it."""
 
@@ -119,10 +120,12 @@ class DaskBackend:
 
     @property
     def jobs(self) -> int:
-        """How many cells the cluster builds at once (its worker threads): what the executor
-        keeps in flight, as with `WorkerPool.jobs`."""
-        workers = self._client.scheduler_info(n_workers=-1).get("workers", {})
-        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+        """How many cells to keep in flight (`WorkerPool.jobs`): two per worker thread, so a
+        worker has its next cell at hand while the client hears of the last one."""
+        if self._jobs is None:
+            workers = self._client.scheduler_info(n_workers=-1).get("workers", {})
+            self._jobs = max(1, 2 * sum(int(w.get("nthreads", 1)) for w in workers.values()))
+        return self._jobs
 
     def shutdown(self) -> None:
         """`WorkerPool.shutdown`'s name for `close`."""

@@ -87,7 +87,7 @@ def test_dask_builds_same_engines_as_local_worker_pool(
     with WorkerPool(2, timeout=60) as pool:
         local, _ = run(pool, four_cells(local_dir, models["fp16"]))
     with DaskBackend(client, timeout=60) as backend:
-        assert backend.jobs == 3  # one thread on each of the 3 workers
+        assert backend.jobs == 6  # two cells in flight per worker thread, 3 workers
         remote, seen = run(backend, four_cells(dask_dir, models["fp16"]))
     assert sorted(remote) == sorted(local) == ["cell0", "cell1", "cell2", "cell3"]
     for cell, result in remote.items():
@@ -208,3 +208,34 @@ def test_killed_dask_worker_retries_or_fails_only_its_cell(
     assert results["cell0"].ok and results["cell1"].ok
     # Dask reschedules a dead worker's task; if that fails too, only this cell says so.
     assert results["slow"].ok or "KilledWorker" in (results["slow"].error or "")
+
+
+def build_knows_dask() -> bool:
+    import argparse
+
+    from matrix.cli import make_parser
+
+    commands = next(a for a in make_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    return "--executor" in commands.choices["build"]._option_string_actions
+
+
+def test_dask_build_writes_the_same_lock_entries_as_a_local_build(
+    cluster: Any, client: Any, tmp_path: Path
+) -> None:
+    if not build_knows_dask():
+        pytest.skip("`build --executor dask` is not wired into the build command yet")
+    from matrix.cli import main
+    from matrix.lockfile import read_lock
+    from tests.test_lockmerge import comparable, shard_project
+
+    local = shard_project(tmp_path / "local")
+    assert main(["build", "-j2", "-q", str(local)]) == 0
+    remote = shard_project(tmp_path / "dask")
+    assert main(["build", "-q", "--executor", "dask", "--scheduler", cluster.scheduler_address,
+                 str(remote)]) == 0
+    local_lock, dask_lock = read_lock(local.with_suffix(".lock")), read_lock(
+        remote.with_suffix(".lock"))
+    assert local_lock is not None and dask_lock is not None
+    assert len(dask_lock.engines) == 5
+    assert comparable(dask_lock) == comparable(local_lock)
