@@ -84,6 +84,8 @@ class WorkerPool:
         self._local: queue.SimpleQueue[ProgressEvent] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._pump: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     def __enter__(self) -> WorkerPool:
         context = multiprocessing.get_context(START_METHOD)
@@ -101,44 +103,51 @@ class WorkerPool:
 
     def submit(self, request: BuildRequest) -> None:
         """Queue one cell; it starts when a worker is free (also while `results` runs)."""
-        self._state.pending.append(request)
+        with self._lock:
+            self._state.pending.append(request)
 
     def cancel_pending(self) -> tuple[BuildRequest, ...]:
         """Queued cells that have not started never start and yield no result; returned so the
         caller can report them as not started. Cells already building finish."""
-        cancelled = tuple(self._state.pending)
-        self._state.pending.clear()
+        with self._lock:
+            cancelled = tuple(self._state.pending)
+            self._state.pending.clear()
         return cancelled
 
     def results(self, on_event: EventCallback | None = None) -> Iterator[BuildResult]:
         """Yield each result as it finishes until every submitted, uncancelled cell has one.
 
-        Ctrl-C: every worker is killed, temp files of cells in flight are removed, and
-        KeyboardInterrupt propagates.
+        `on_event` is called from this iterating thread. Ctrl-C (or any exception) here kills
+        every worker, removes temp files of cells in flight, and propagates. After `shutdown`
+        from another thread the iteration ends, without results for the cells in flight.
         """
         emit = on_event or _ignore
         try:
-            while self._state.pending or self._state.running:
-                self._fill()
-                running = [cell.future for cell in self._state.running.values()]
+            while running := self._fill():
                 done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 self._deliver_events(emit)
                 for future in done:
-                    yield self._finish(self._cell_of(future), emit)
+                    result = self._finish(future, emit)
+                    if result is not None:
+                        yield result
         except BaseException:
             self.shutdown()
             raise
 
     def shutdown(self) -> None:
-        """Kill every worker, clean up after cells in flight. Safe to call twice."""
-        if self._pool is not None:
-            self._pool.stop()  # type: ignore[no-untyped-call]
-            self._pool.join()
-            self._pool = None
-        for cell in self._state.running.values():
+        """Kill every worker, clean up after cells in flight. Safe to call twice, and from
+        another thread than the one iterating `results`."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            in_flight = list(self._state.running.values())
+            self._state.running.clear()
+            self._state.pending.clear()
+        if pool is not None:
+            pool.stop()  # type: ignore[no-untyped-call]
+            pool.join()
+        for cell in in_flight:  # only now: a live worker could still write its temp file
             _remove_temp_files(cell.request)
-        self._state.running.clear()
-        self._state.pending.clear()
         self._stop.set()
         if self._pump is not None:
             self._pump.join(timeout=1.0)
@@ -149,17 +158,21 @@ class WorkerPool:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _fill(self) -> None:
-        """Hand pebble at most one cell per worker, so the rest stay cancellable here."""
-        assert self._pool is not None, "use WorkerPool as a context manager"
-        while self._state.pending and len(self._state.running) < self.jobs:
-            request = self._state.pending.popleft()
-            future = self._pool.schedule(_build_in_worker, args=(request,),
-                                         timeout=self.timeout)
-            self._state.running[request.cell_id] = _InFlight(request, future, time.monotonic())
-
-    def _cell_of(self, future: Future[BuildResult]) -> _InFlight:
-        return next(c for c in self._state.running.values() if c.future is future)
+    def _fill(self) -> list[Future[BuildResult]]:
+        """Hand pebble at most one cell per worker, so the rest stay cancellable here.
+        Returns the futures in flight; none once everything is done or the pool is shut."""
+        with self._lock:
+            if self._closed:
+                return []
+            if self._pool is None:
+                raise RuntimeError("use WorkerPool as a context manager")
+            while self._state.pending and len(self._state.running) < self.jobs:
+                request = self._state.pending.popleft()
+                future = self._pool.schedule(_build_in_worker, args=(request,),
+                                             timeout=self.timeout)
+                self._state.running[request.cell_id] = _InFlight(request, future,
+                                                                 time.monotonic())
+            return [cell.future for cell in self._state.running.values()]
 
     def _pump_events(self) -> None:
         # Polls instead of blocking in get(): waking a blocked reader would mean writing to
@@ -180,7 +193,8 @@ class WorkerPool:
                 event = self._local.get_nowait()
             except queue.Empty:
                 return
-            cell = self._state.running.get(event.cell_id)
+            with self._lock:
+                cell = self._state.running.get(event.cell_id)
             if cell is not None:
                 if event.kind == "start":
                     cell.started, cell.pid = time.monotonic(), event.pid
@@ -188,14 +202,19 @@ class WorkerPool:
                     cell.ended = True
             emit(event)
 
-    def _finish(self, cell: _InFlight, emit: EventCallback) -> BuildResult:
+    def _finish(self, future: Future[BuildResult], emit: EventCallback) -> BuildResult | None:
+        with self._lock:
+            cell = next((c for c in self._state.running.values() if c.future is future), None)
+        if cell is None:  # shut down meanwhile
+            return None
         try:
-            result = cell.future.result()
+            result = future.result()
         except BaseException as error:  # the worker's failure is this cell's failure only
             result = self._failure(cell, _describe_failure(error, self.timeout))
         else:
             self._await_end_event(cell, emit)
-        del self._state.running[cell.request.cell_id]
+        with self._lock:
+            self._state.running.pop(cell.request.cell_id, None)
         return result
 
     def _await_end_event(self, cell: _InFlight, emit: EventCallback) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,9 @@ def test_timeout_fails_only_that_cell_and_replaces_its_worker(tmp_path: Path,
         results = list(pool.results())
     assert [r.cell_id for r in results] == ["slow", "conv0", "conv1"]
     assert results[0].error == "timed out after 1 s" and not results[0].ok
-    assert 1 <= results[0].seconds < 2
+    assert 1 <= results[0].seconds < 4  # generous: the machine is shared
     assert results[1].ok and results[2].ok
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 20
     assert temp_leftovers(tmp_path) == []
 
 
@@ -190,6 +191,38 @@ def test_ctrl_c_kills_workers_cleans_up_and_propagates(tmp_path: Path,
     assert temp_leftovers(tmp_path) == []
     assert workers and not any(alive(pid) for pid in workers)
     assert not (tmp_path / "engines" / "slow.engine").exists()
+
+
+def test_shutdown_from_another_thread_ends_the_iteration(tmp_path: Path,
+                                                        models: dict[str, Path]) -> None:
+    started = threading.Event()
+    workers: list[int] = []
+    results: list[BuildResult] = []
+    errors: list[BaseException] = []
+
+    def on_event(event: ProgressEvent) -> None:
+        if event.kind == "start":
+            workers.append(event.pid)
+            started.set()
+
+    def drain(pool: WorkerPool) -> None:
+        try:
+            results.extend(pool.results(on_event))
+        except BaseException as error:
+            errors.append(error)
+
+    with WorkerPool(jobs=1) as pool:
+        pool.submit(request(tmp_path, models["slow"], "slow"))
+        pool.submit(request(tmp_path, models["conv"], "conv"))
+        thread = threading.Thread(target=drain, args=(pool,))
+        thread.start()
+        assert started.wait(timeout=20)
+        pool.shutdown()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert results == [] and errors == []
+    assert not alive(workers[0])
+    assert temp_leftovers(tmp_path) == []
 
 
 def test_worker_failures_read_as_one_line() -> None:
