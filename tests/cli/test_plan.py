@@ -1,0 +1,127 @@
+"""`rtx-matrix plan` through the CLI on real generated models: exit codes and exact output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from matrix.cli import main
+from tests import modelgen
+
+MANIFEST = """\
+version: 1
+targets:
+  turing-mix: [sm75, sm86]
+models:
+  - name: mlp
+    onnx: mlp.onnx
+    targets: [default, sm75, turing-mix]
+  - name: head
+    onnx: fp8.onnx
+    targets: [default, sm86, current]
+    weightless: [false, true]
+exclude:
+  - {model: head, target: current, weightless: true}
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    modelgen.mlp_fp32(tmp_path / "mlp.onnx")
+    modelgen.fp8_qdq_matmul(tmp_path / "fp8.onnx")
+    (tmp_path / "rtx-matrix.yaml").write_text(MANIFEST)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_json_lists_every_cell_with_verdict_and_runs_on(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--json", "--skip-rejected"]) == 0
+    cells = {c["id"]: c for c in json.loads(capsys.readouterr().out)["cells"]}
+    assert {k: v["verdict"] for k, v in cells.items()} == {
+        "mlp@default": "build",
+        "mlp@sm75": "rejected",
+        "mlp@turing-mix": "rejected",
+        "head@default": "build",
+        "head@default+weightless": "needs-gpu",
+        "head@sm86": "rejected",
+        "head@sm86+weightless": "rejected",
+        "head@current": "needs-gpu",
+        "head@current+weightless": "excluded",
+    }
+    assert cells["head@default"]["runs_on"] == ["sm89", "sm120", "sm121", "newer"]
+    assert cells["mlp@default"]["runs_on"] == ["sm80", "sm86", "sm89", "sm120", "sm121", "newer"]
+    assert {r["rule"] for r in cells["mlp@sm75"]["reasons"]} == {"turing-fp32-gemm"}
+    assert set(cells["mlp@default"]) == {
+        "id",
+        "model",
+        "target",
+        "targets",
+        "weightless",
+        "verdict",
+        "needs_gpu",
+        "reasons",
+        "runs_on",
+    }
+
+
+def test_rejections_exit_1_with_one_line_each(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4
+    assert err[0].startswith("error: mlp@sm75: [turing-fp32-gemm] ")
+    assert err[1].startswith("error: mlp@turing-mix: [turing-fp32-gemm] ")
+    assert err[2] == (
+        "error: head@sm86: [dtype-needs-cc] the model uses FP8, which needs CC 8.9 or newer; "
+        "sm86 cannot run it"
+    )
+    assert err[3] == (
+        "error: head@sm86+weightless: [dtype-needs-cc] the model uses FP8, which needs CC 8.9 "
+        "or newer; sm86 cannot run it"
+    )
+
+
+def test_skip_rejected_turns_rejections_into_warnings(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--skip-rejected"]) == 0
+    captured = capsys.readouterr()
+    assert all(line.startswith("warning: ") for line in captured.err.splitlines())
+    assert len(captured.err.splitlines()) == 4
+    table = captured.out.splitlines()
+    assert table[0].split() == ["cell", "verdict", "runs", "on", "why"]
+    assert table[-1] == "2 build, 2 needs-gpu, 4 rejected, 1 excluded"
+    row = next(line for line in table if line.startswith("mlp@turing-mix"))
+    assert "rejected" in row and "sm75 sm86" in row
+
+
+def test_clean_plan_exits_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    modelgen.matmul_fp16(tmp_path / "m.onnx")
+    (tmp_path / "rtx-matrix.yaml").write_text(
+        "version: 1\nmodels:\n  - name: m\n    onnx: m.onnx\n    targets: [sm75, default]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan"]) == 0
+
+
+def test_bad_manifest_exits_2_and_names_file_line_and_path(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "bad.yaml").write_text(
+        "version: 1\nmodels:\n  - name: m\n    onnx: missing.onnx\n    targets: [sm90]\n"
+    )
+    assert main(["plan", "bad.yaml"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: bad.yaml:5:15: $.models[0].targets[0]: ")
+    assert "sm90" in err[0] and "not a TensorRT-RTX target" in err[0]
+
+
+def test_missing_manifest_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan"]) == 2
