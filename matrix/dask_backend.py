@@ -133,9 +133,11 @@ class DaskBackend:
 
     def close(self) -> None:
         """Cancel what is still queued and let go of the cluster. Safe to call twice."""
-        if self._submitted:
-            self._client.cancel([s.future for s in self._submitted.values()])
-            self._submitted.clear()
+        # May run on another thread than `results` (the executor's shutdown): take a copy.
+        outstanding = tuple(self._submitted.values())
+        self._submitted.clear()
+        if outstanding:
+            self._client.cancel([s.future for s in outstanding])
         with contextlib.suppress(Exception):
             self._client.unsubscribe_topic(self._topic)
         if self._owns_client:

@@ -6,6 +6,7 @@ One entry per shard, CPU and GPU pools apart: a shard job runs
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,15 @@ def github_matrix(
             if ids:
                 include.append(_entry(pool, k, n, len(ids), runner))
     return {"include": include}
+
+
+def github_matrix_json(
+    plan: Plan, cpu_shards: int, gpu_shards: int, *, previous: Lock | None = None,
+    strategy: str = "balanced",
+) -> str:
+    """`github_matrix` on one line, as `echo "matrix=..." >> $GITHUB_OUTPUT` needs it."""
+    matrix = github_matrix(plan, cpu_shards, gpu_shards, previous=previous, strategy=strategy)
+    return json.dumps(matrix, separators=(",", ":"))
 
 
 def _entry(pool: str, k: int, n: int, cells: int, runner: str | list[str]) -> dict[str, Any]:

@@ -69,3 +69,11 @@ def test_hash_strategy_skips_shards_it_leaves_empty() -> None:
     entries = github_matrix(make_plan(cpu=3, gpu=0), 3, 0, strategy="hash")["include"]
     assert all(e["cells"] > 0 for e in entries)
     assert sum(e["cells"] for e in entries) == 3
+
+
+def test_json_form_is_one_line_for_github_output() -> None:
+    from matrix.github_matrix import github_matrix_json
+
+    text = github_matrix_json(make_plan(cpu=3, gpu=1), 2, 1)
+    assert "\n" not in text
+    assert json.loads(text) == github_matrix(make_plan(cpu=3, gpu=1), 2, 1)
