@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -86,6 +86,7 @@ class WorkerPool:
         self._pump: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._wake = threading.Event()
 
     def __enter__(self) -> WorkerPool:
         context = multiprocessing.get_context(START_METHOD)
@@ -124,9 +125,12 @@ class WorkerPool:
         emit = on_event or _ignore
         try:
             while running := self._fill():
-                done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                # Woken by a worker event or a finished future, so progress shows at once.
+                if not any(f.done() for f in running):
+                    self._wake.wait(_POLL_SECONDS)
+                self._wake.clear()
                 self._deliver_events(emit)
-                for future in done:
+                for future in [f for f in running if f.done()]:
                     result = self._finish(future, emit)
                     if result is not None:
                         yield result
@@ -170,6 +174,7 @@ class WorkerPool:
                 request = self._state.pending.popleft()
                 future = self._pool.schedule(_build_in_worker, args=(request,),
                                              timeout=self.timeout)
+                future.add_done_callback(lambda _: self._wake.set())
                 self._state.running[request.cell_id] = _InFlight(request, future,
                                                                  time.monotonic())
             return [cell.future for cell in self._state.running.values()]
@@ -184,6 +189,7 @@ class WorkerPool:
                     stop.wait(0.005)
                     continue
                 self._local.put(events.get())
+                self._wake.set()
             except (EOFError, OSError):
                 return
 
@@ -221,7 +227,8 @@ class WorkerPool:
         # The result and the events travel on different pipes; keep "end" before the result.
         deadline = time.monotonic() + _END_EVENT_GRACE
         while not cell.ended and time.monotonic() < deadline:
-            time.sleep(0.002)
+            self._wake.wait(0.002)
+            self._wake.clear()
             self._deliver_events(emit)
 
     def _failure(self, cell: _InFlight, error: str) -> BuildResult:
