@@ -2,7 +2,8 @@
 
 `build` runs inside a worker process (`matrix.workers`) and never raises for a build
 problem: every failure comes back as `BuildResult(ok=False, error=<one line>)`, using the
-library's own error text when it logged one.
+library's own error text when it logged one. GPU builds use CUDA device 0 of the process:
+the pool's environment (CUDA_VISIBLE_DEVICES) picks the GPU, so `request.device` is not read.
 """
 
 from __future__ import annotations
@@ -119,10 +120,13 @@ def _cc_member(cc: str) -> Any:
 
 
 def _set_weightless(config: Any, weightless: bool) -> None:
-    # As the TensorRT-RTX guide "CPU-Only AOT and TensorRT-RTX Engines", section "Building a
-    # Weightless Engine" shows: kSTRIP_PLAN to leave the refittable weights out, with kREFIT
-    # so they can be refitted (IRefitter or IParserRefitter from the same ONNX) at load time.
+    # As the TensorRT-RTX guide shows ("CPU-Only AOT and TensorRT-RTX Engines", building a
+    # weightless engine; "Refitting Engines", table 5: "Weightless engine (kSTRIP_PLAN +
+    # kREFIT)"): kSTRIP_PLAN leaves the refittable weights out, kREFIT lets IRefitter or
+    # IParserRefitter (from the same ONNX) put them back on the user's machine.
     # https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/cpu-engines.html
+    # https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/refitting-engines.html
+    # It needs a GPU at build time: on a CPU-only host the library fails (a Myelin CUDA check).
     if weightless:
         config.set_flag(trt.BuilderFlag.STRIP_PLAN)
         config.set_flag(trt.BuilderFlag.REFIT)
@@ -264,8 +268,10 @@ class _BuildLog(trt.ILogger):  # type: ignore[misc]
         self.note(f"[{_severity_name(severity)}] {msg}")
 
     def note(self, line: str) -> None:
+        # Never raise into the library's C++ caller: a full disk loses log lines, not the cell.
         if self._file is not None:
-            self._file.write(line.rstrip("\n") + "\n")
+            with contextlib.suppress(OSError):
+                self._file.write(line.rstrip("\n") + "\n")
 
 
 def _severity_name(severity: Any) -> str:
