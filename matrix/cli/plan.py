@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from matrix.errors import PlanRejected
+from matrix.errors import PlanRejected, UsageError
 from matrix.pipeline import DEFAULT_MANIFEST, load_plan, resolve_manifest
+from matrix.plan import Plan
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,6 +28,22 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="report rejected cells as warnings and exit 0",
     )
+    ci = parser.add_argument_group("CI shards")
+    ci.add_argument(
+        "--github-matrix",
+        action="store_true",
+        help='print a GitHub Actions job matrix ({"include": [...]}, one job per shard)',
+    )
+    ci.add_argument("--shards", type=int, default=4, metavar="N", help="CPU shards (default: 4)")
+    ci.add_argument(
+        "--gpu-shards", type=int, default=1, metavar="M", help="GPU shards (default: 1)"
+    )
+    ci.add_argument(
+        "--shard-strategy",
+        choices=("balanced", "hash"),
+        default="balanced",
+        help="how cells are spread over shards (default: balanced)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -34,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(resolve_manifest(args.manifest))
     from matrix.plan_report import plan_json, print_plan_table, rejection_lines
 
-    if args.json:
+    if args.github_matrix:
+        print(github_matrix_line(plan, args))
+    elif args.json:
         print(plan_json(plan))
     else:
         print_plan_table(plan, sys.stdout)
@@ -48,3 +67,16 @@ def run(args: argparse.Namespace) -> int:
     for line in rejections[:-1]:
         print(f"error: {line}", file=sys.stderr)
     raise PlanRejected(rejections[-1])
+
+
+def github_matrix_line(plan: Plan, args: argparse.Namespace) -> str:
+    from matrix.github_matrix import github_matrix_json
+    from matrix.lockfile import read_lock
+
+    if args.shards < 1 or args.gpu_shards < 0:
+        raise UsageError("--shards must be at least 1 and --gpu-shards at least 0")
+    # The committed lock's build times balance the shards, exactly as `build --shard` will.
+    previous = read_lock(plan.manifest.lock_path)
+    return github_matrix_json(
+        plan, args.shards, args.gpu_shards, previous=previous, strategy=args.shard_strategy
+    )

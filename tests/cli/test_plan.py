@@ -125,3 +125,29 @@ def test_bad_manifest_exits_2_and_names_file_line_and_path(
 def test_missing_manifest_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["plan"]) == 2
+
+
+def test_github_matrix_one_job_per_shard_covering_every_buildable_cell(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--skip-rejected", "--github-matrix", "--shards", "2"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1  # `echo "matrix=$(...)" >> $GITHUB_OUTPUT` needs one line
+    include = json.loads(out)["include"]
+    assert [(e["pool"], e["shard"]) for e in include] == [
+        ("cpu", "1/2"),
+        ("cpu", "2/2"),
+        ("gpu", "1/1"),
+    ]
+    assert sum(e["cells"] for e in include if e["pool"] == "cpu") == 2
+    assert sum(e["cells"] for e in include if e["pool"] == "gpu") == 2
+    assert len({e["name"] for e in include}) == 3
+
+
+def test_github_matrix_refuses_zero_shards(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--skip-rejected", "--github-matrix", "--shards", "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --shards must be at least 1 and --gpu-shards at least 0"
+    )
