@@ -70,13 +70,19 @@ class RunOptions:
 # ------------------------------------------------------------------------------ the lock
 
 
-def lock_header(plan: Plan, lock_path: Path, installed: str, shard: str | None = None) -> Lock:
-    """A lock with no engines, stamped for `plan`."""
+def lock_header(
+    plan: Plan,
+    lock_path: Path,
+    installed: str,
+    shard: str | None = None,
+    known: Mapping[str, str] | None = None,
+) -> Lock:
+    """A lock with no engines, stamped for `plan` (`known`: fingerprints already computed)."""
     return Lock(
         tool=__version__,
         tensorrt_rtx=installed,
         manifest=relative_posix(plan.manifest.path, lock_path.parent.resolve()),
-        plan=plan_stamp(plan, installed),
+        plan=plan_stamp(plan, installed, known),
         shard=shard,
     )
 

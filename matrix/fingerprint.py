@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from matrix.facts import ModelFacts
@@ -61,14 +61,19 @@ def digest_of(value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def plan_stamp(plan: Plan, tensorrt_rtx_version: str) -> PlanStamp:
+def plan_stamp(
+    plan: Plan, tensorrt_rtx_version: str, known: Mapping[str, str] | None = None
+) -> PlanStamp:
     """Identifies a plan across machines: shard locks must carry the same stamp to merge.
 
     Covers the buildable cells (verdict build or needs-gpu) and uses the targets as asked
     (`current` unresolved), so hosts with different GPUs, or none, agree on the stamp.
+    `known`: fingerprints already computed for cells whose targets need no resolving.
     """
+    known = known or {}
     pairs = sorted(
-        (cell.id, planned_fingerprint(cell, plan, tensorrt_rtx_version)) for cell in plan.buildable
+        (cell.id, known.get(cell.id) or planned_fingerprint(cell, plan, tensorrt_rtx_version))
+        for cell in plan.buildable
     )
     return PlanStamp(digest=digest_of(pairs), cells=tuple(cell_id for cell_id, _ in pairs))
 

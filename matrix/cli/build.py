@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         print_noop(state)
         state.stamps.save()
         return 0
-    return build_under_lock(args, started)
+    return build_under_lock(args, state.plan.manifest.output.resolve(), started)
 
 
 def needs_writing(state: Survey) -> bool:
@@ -239,7 +239,12 @@ def needs_writing(state: Survey) -> bool:
         return True
     from matrix.executor import lock_header
 
-    header = lock_header(state.plan, state.lock_path, state.freshness.installed)
+    header = lock_header(
+        state.plan,
+        state.lock_path,
+        state.freshness.installed,
+        known=state.freshness.planned_fingerprints(),
+    )
     lock = state.lock
     return lock is None or (lock.tool, lock.tensorrt_rtx, lock.manifest, lock.plan) != (
         header.tool,
@@ -271,10 +276,9 @@ def print_pending(state: Survey, out: Any) -> None:
     )
 
 
-def build_under_lock(args: argparse.Namespace, started: float) -> int:
+def build_under_lock(args: argparse.Namespace, output: Path, started: float) -> int:
     """Take the output folder's lock, look again (another run may have built meanwhile), build."""
-    manifest_output = load_plan(resolve_manifest(args.manifest)).manifest.output.resolve()
-    with output_lock(manifest_output, args.wait):
+    with output_lock(output, args.wait):
         state = survey(
             args, args.cells, force=args.force, device=args.device, lock_output=args.output
         )
@@ -327,7 +331,12 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
     from matrix.progress import Batch, make_display, print_summary
 
     plan, lock = state.plan, state.lock
-    header = lock_header(plan, state.lock_path, state.freshness.installed)
+    header = lock_header(
+        plan,
+        state.lock_path,
+        state.freshness.installed,
+        known=state.freshness.planned_fingerprints(),
+    )
     entries = dict(lock.engines) if lock else {}
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
