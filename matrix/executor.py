@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -27,7 +28,7 @@ from matrix.fingerprint import build_options, plan_stamp
 from matrix.freshness import CellState, relative_posix
 from matrix.gpu import Gpu
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
-from matrix.lockfile import lock_to_json, write_atomic
+from matrix.lockfile import EntryCache, lock_to_json, write_atomic
 from matrix.lockfile_types import Lock, LockEntry, ModelRef
 from matrix.plan import Plan
 from matrix.stamps import Stamps
@@ -87,10 +88,18 @@ def lock_header(
     )
 
 
+WRITE_BACKOFF = 10
+"""A lock write waits this many times the previous write's duration (see LockBook)."""
+
+
 class LockBook:
     """The lock being written: entries change one cell at a time, each change on disk at once.
 
-    Thread-safe: pool threads add and drop entries while the others build.
+    Thread-safe: pool threads add entries while the others build. Rewriting a lock of
+    thousands of entries after every cell would cost more than the builds, so a write waits
+    until ten times the last write's duration has passed (a few ms for small locks, i.e. every
+    cell); `flush` writes what is pending. Either way the lock on disk names only engines
+    that exist and match: a delayed entry only means its cell is rebuilt after a kill -9.
     """
 
     def __init__(
@@ -107,19 +116,14 @@ class LockBook:
         self.stamps = stamps
         self._on_disk = on_disk
         self._mutex = threading.Lock()
+        self._cache: EntryCache = {}
+        self._next_write = 0.0
 
     def snapshot(self) -> Lock:
-        engines = {cell: self.entries[cell] for cell in sorted(self.entries)}
-        return Lock(
-            tool=self.header.tool,
-            tensorrt_rtx=self.header.tensorrt_rtx,
-            manifest=self.header.manifest,
-            plan=self.header.plan,
-            engines=MappingProxyType(engines),
-            shard=self.header.shard,
-        )
+        return replace(self.header, engines=MappingProxyType(dict(self.entries)))
 
     def drop(self, cell_ids: Iterable[str]) -> None:
+        """Entries out of the lock at once: their engines are about to be replaced."""
         with self._mutex:
             gone = [cell for cell in cell_ids if self.entries.pop(cell, None) is not None]
             if gone:
@@ -129,7 +133,8 @@ class LockBook:
         with self._mutex:
             self.entries[cell_id] = entry
             self.stamps.record(engine, entry.sha256)
-            self._write()
+            if time.monotonic() >= self._next_write:
+                self._write()
 
     def flush(self) -> None:
         """Write when the text differs from the file: a no-op run leaves the lock untouched."""
@@ -137,12 +142,15 @@ class LockBook:
             self._write()
 
     def _write(self) -> None:
-        text = lock_to_json(self.snapshot())
+        started = time.monotonic()
+        text = lock_to_json(self.snapshot(), self._cache)
         if text == self._on_disk:
             return
         write_atomic(self.path, text)
         self._on_disk = text
         self.stamps.record(self.path, "")
+        finished = time.monotonic()
+        self._next_write = finished + WRITE_BACKOFF * (finished - started)
 
 
 def lock_entry(
@@ -209,11 +217,16 @@ def build_jobs(
     on_event: Callable[[ProgressEvent], None],
     on_outcome: Callable[[Outcome], None],
 ) -> list[Outcome]:
-    """Build `jobs`; every outcome, in finishing order. KeyboardInterrupt kills the workers,
-    keeps the lock as it is (every finished cell in it) and propagates."""
+    """Build `jobs`; every outcome, in finishing order.
+
+    The old lock entries of `jobs` leave the lock first (their engines are about to be
+    replaced). KeyboardInterrupt kills the workers, writes the lock with every finished cell
+    and propagates.
+    """
     from matrix.workers import WorkerPool
 
     run = Run(plan, book, options, gpu)
+    book.drop(job.request.cell_id for job in jobs)
     lanes = [lane for lane in _lanes(jobs, options, gpu) if lane[1]]
     threads = []
     try:
@@ -232,6 +245,7 @@ def build_jobs(
             pool.shutdown()
         for thread in threads:
             thread.join(timeout=5)
+        book.flush()
 
 
 def _lanes(
@@ -294,7 +308,6 @@ def _drain_pool(run: Run, pool: Any, jobs: list[Job]) -> None:
         batch: list[Job] = []
         while waiting and in_flight + len(batch) < pool.jobs and not run.stop_starting.is_set():
             batch.append(waiting.pop())
-        run.book.drop(job.request.cell_id for job in batch)
         for job in batch:
             pool.submit(job.request)
         in_flight += len(batch)

@@ -80,19 +80,41 @@ def _fsync_folder(folder: Path) -> None:
 # ---------------------------------------------------------------------------------- to JSON
 
 
-def lock_to_json(lock: Lock) -> str:
-    return _format(lock_to_dict(lock), 0) + "\n"
+EntryCache = dict[str, tuple[LockEntry, str]]
+"""Cell id -> (entry, its text): a writer that rewrites the lock after every cell formats
+only the entries that changed."""
 
 
-def lock_to_dict(lock: Lock) -> dict[str, Any]:
+def lock_to_json(lock: Lock, cache: EntryCache | None = None) -> str:
+    header = lock_to_dict(lock, engines=False)
+    blocks = [_entry_block(cell, lock.engines[cell], cache) for cell in sorted(lock.engines)]
+    members = {key: _format(value, 1) for key, value in header.items()}
+    members["engines"] = "{\n" + ",\n".join(blocks) + "\n  }" if blocks else "{}"
+    lines = [f"  {json.dumps(key)}: {members[key]}" for key in sorted(members)]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _entry_block(cell: str, entry: LockEntry, cache: EntryCache | None) -> str:
+    if cache is not None:
+        known = cache.get(cell)
+        if known is not None and known[0] is entry:
+            return known[1]
+    text = f"    {json.dumps(cell, ensure_ascii=False)}: {_format(entry_to_dict(entry), 2)}"
+    if cache is not None:
+        cache[cell] = (entry, text)
+    return text
+
+
+def lock_to_dict(lock: Lock, engines: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "version": lock.version,
         "tool": lock.tool,
         "tensorrt_rtx": lock.tensorrt_rtx,
         "manifest": lock.manifest,
         "plan": {"digest": lock.plan.digest, "cells": list(lock.plan.cells)},
-        "engines": {cell: entry_to_dict(entry) for cell, entry in lock.engines.items()},
     }
+    if engines:
+        data["engines"] = {cell: entry_to_dict(entry) for cell, entry in lock.engines.items()}
     if lock.shard is not None:
         data["shard"] = lock.shard
     return data

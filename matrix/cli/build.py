@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -350,12 +352,15 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
     display = make_display(args.quiet, args.verbose)
     display.start(Batch(tuple(j.request.cell_id for j in jobs), expected, args.jobs))
     options = RunOptions(jobs=args.jobs, keep_going=args.keep_going, timeout=args.timeout)
+    previous = _sigterm_as_interrupt()
     try:
         built = build_jobs(plan, jobs, book, options, state.gpu, display.event, display.outcome)
     except KeyboardInterrupt:
         display.stop()
         state.stamps.save()
         raise Interrupted("interrupted: the lock holds every cell that finished") from None
+    finally:
+        _restore_sigterm(previous)
     display.stop()
     outcomes = [*built, *other_outcomes(state)]
     failed = any(o.status in (Status.FAILED, Status.NOT_STARTED) for o in outcomes)
@@ -374,3 +379,19 @@ def other_outcomes(state: Survey) -> list[Outcome]:
         for s in state.skipped
     ]
     return fresh + skipped
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Any:
+    """CI runners cancel with SIGTERM: clean up as for Ctrl-C (workers, temp files, lock)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)

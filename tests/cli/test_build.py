@@ -328,13 +328,14 @@ def worker_pids(parent: int) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_keeps_finished_cells_and_resume_builds_the_rest(
-    project: Project, capsys: Any
+    project: Project, capsys: Any, signum: int
 ) -> None:
     slow_project(project)
     process = start_build(project)
     wait_for_slow_build(project, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, out + err
     assert "interrupted" in err and "Traceback" not in err
