@@ -291,7 +291,10 @@ def _init_worker(events: Any, env: Mapping[str, str]) -> None:
     # handler, which cannot run while the library builds: a timed-out build would live on for
     # pebble's 3 s grace. Dying at once is safe: the parent removes the cell's temp files.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    import matrix.builder  # noqa: F401  (pay the library import before the first cell)
+    # Pay the library import before the first cell. A failing initializer would make pebble
+    # restart the worker forever; failing in the cell instead reports the import error.
+    with contextlib.suppress(Exception):
+        import matrix.builder  # noqa: F401
 
 
 def _build_in_worker(request: BuildRequest) -> BuildResult:
