@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
             raise Stale(f"{len(state.to_build) + len(state.removed)} cells out of date")
         return 0
     if not needs_writing(state):
-        print_noop(state)
+        if not args.quiet:
+            print_noop(state)
         state.stamps.save()
         return 0
     return build_under_lock(args, state.plan.manifest.output.resolve(), started)

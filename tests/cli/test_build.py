@@ -129,6 +129,29 @@ def test_second_run_is_a_noop(project: Project, capsys: Any) -> None:
     assert project.engine("a@sm86").stat().st_mtime_ns == mtime
 
 
+def test_noop_run_imports_no_heavy_library(project: Project) -> None:
+    assert project.build() == 0
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "matrix", "build", str(project.manifest)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout == "3 cells up to date\n"
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert not imported & {"tensorrt_rtx", "onnx", "rich", "filelock", "pebble", "jsonschema"}
+
+
+def test_corrupt_lock_is_one_error_line(project: Project, capsys: Any) -> None:
+    project.lock.write_text('{"version": 1, "engines": ')
+    assert project.build() == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: {project.lock}: bad lockfile: not valid JSON (Expecting value at line 1)\n"
+    )
+    assert project.lock.read_text() == '{"version": 1, "engines": '
+
+
 def test_changed_model_rebuilds_only_its_cells(project: Project, capsys: Any) -> None:
     assert project.build() == 0
     before = project.lock.read_text()
