@@ -333,7 +333,7 @@ def _record(run: Run, job: Job, result: BuildResult) -> Outcome:
     return Outcome(result.cell_id, Status.BUILT, result.seconds)
 
 
-def make_request(job_state: CellState, plan: Plan, on_gpu: bool) -> BuildRequest:
+def make_request(job_state: CellState) -> BuildRequest:
     """What a worker needs to build one cell."""
     from matrix.planner import expected_mask
 
@@ -346,7 +346,7 @@ def make_request(job_state: CellState, plan: Plan, on_gpu: bool) -> BuildRequest
         ccs=ccs,
         use_gpu=cell.target.current,
         weightless=cell.weightless,
-        options=plan.manifest.builder.merged(cell.model.builder),
+        options=cell.model.builder,  # the loader merged the manifest-wide options in
         profiles=cell.model.profiles,
         engine_path=str(engine),
         log_path=str(engine.with_suffix(".log")),

@@ -343,9 +343,7 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
     entries = dict(lock.engines) if lock else {}
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
-    jobs = [
-        Job(s, make_request(s, plan, s.cell.needs_gpu), s.cell.needs_gpu) for s in state.to_build
-    ]
+    jobs = [Job(s, make_request(s), s.cell.needs_gpu) for s in state.to_build]
     remove_stale_temp_files(jobs)
     expected = {
         s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
