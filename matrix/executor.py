@@ -66,6 +66,8 @@ class RunOptions:
     jobs: int = 1
     keep_going: bool = False
     timeout: float | None = None
+    scheduler: str | None = None
+    """A Dask scheduler address: build there (`--executor dask`) instead of local workers."""
 
 
 # ------------------------------------------------------------------------------ the lock
@@ -223,15 +225,13 @@ def build_jobs(
     replaced). KeyboardInterrupt kills the workers, writes the lock with every finished cell
     and propagates.
     """
-    from matrix.workers import WorkerPool
-
     run = Run(plan, book, options, gpu)
     book.drop(job.request.cell_id for job in jobs)
     lanes = [lane for lane in _lanes(jobs, options, gpu) if lane[1]]
     threads = []
     try:
-        for pool_args, lane_jobs in lanes:
-            pool = WorkerPool(**pool_args).__enter__()
+        for make_pool, lane_jobs in lanes:
+            pool = make_pool()
             run.pools.append(pool)
             thread = threading.Thread(
                 target=_drain, args=(run, pool, lane_jobs), daemon=True, name="rtx-matrix-lane"
@@ -248,18 +248,33 @@ def build_jobs(
         book.flush()
 
 
+PoolFactory = Callable[[], Any]
+"""Makes an entered pool with WorkerPool's interface (jobs, submit, results, shutdown)."""
+
+
 def _lanes(
     jobs: list[Job], options: RunOptions, gpu: Gpu | None
-) -> list[tuple[dict[str, Any], list[Job]]]:
+) -> list[tuple[PoolFactory, list[Job]]]:
+    """Local: one pool for CPU cells, one single-worker pool for the GPU. Dask: the cluster
+    routes GPU cells to workers with the GPU resource, so one lane takes everything."""
+    if options.scheduler is not None:
+        from matrix.dask_backend import DaskBackend
+
+        scheduler = options.scheduler
+        return [(lambda: DaskBackend(scheduler, options.timeout).__enter__(), jobs)]
+    from matrix.workers import WorkerPool
+
     cpu = [job for job in jobs if not job.on_gpu]
     on_gpu = [job for job in jobs if job.on_gpu]
-    lanes: list[tuple[dict[str, Any], list[Job]]] = [
-        ({"jobs": max(1, min(options.jobs, len(cpu))), "timeout": options.timeout}, cpu)
+    cpu_jobs = max(1, min(options.jobs, len(cpu)))
+    lanes: list[tuple[PoolFactory, list[Job]]] = [
+        (lambda: WorkerPool(cpu_jobs, options.timeout).__enter__(), cpu)
     ]
     if on_gpu and gpu is not None:
         from matrix.gpu import cuda_env
 
-        lanes.append(({"jobs": 1, "timeout": options.timeout, "env": cuda_env(gpu)}, on_gpu))
+        env = cuda_env(gpu)
+        lanes.append((lambda: WorkerPool(1, options.timeout, env).__enter__(), on_gpu))
     return lanes
 
 

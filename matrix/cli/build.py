@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import GpuError, InputError, Interrupted, LockBusy, PlanRejected, Stale
+from matrix.errors import (
+    GpuError,
+    InputError,
+    Interrupted,
+    LockBusy,
+    PlanRejected,
+    Stale,
+    UsageError,
+)
 from matrix.executor import Job, Outcome, RunOptions, Status
 from matrix.freshness import CellState, Freshness, check
 from matrix.gpu import Gpu
@@ -85,6 +93,30 @@ def add_parser(subparsers: Any) -> None:
         help="wait up to S seconds for another build of this output to end",
     )
     parser.add_argument("-o", "--output", metavar="LOCK", help="lockfile to write")
+    parser.add_argument("--shard", metavar="K/N", help="build only shard K of N (1-based)")
+    parser.add_argument(
+        "--shard-strategy",
+        choices=("balanced", "hash"),
+        default="balanced",
+        help="balanced: longest first by recorded build time (default); "
+        "hash: by cell id, for plans that may differ between shards",
+    )
+    parser.add_argument(
+        "--pool",
+        choices=("cpu", "gpu"),
+        help="only cells that build on the CPU, or only those needing a GPU",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="local worker processes (default) or a Dask cluster",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler address (tcp://HOST:PORT) for --executor dask",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only failures")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print build phases")
@@ -120,8 +152,10 @@ class Survey:
     gpu: Gpu | None
     gpu_missing: str | None
     """Why cells that need a GPU cannot be built here; None when they can (or there are none)."""
-    full: bool
-    """Every cell was chosen (no CELL arguments): removed cells may leave the lock."""
+    removed: tuple[str, ...]
+    """Lock entries of cells this run no longer owns: they leave the lock after a full run."""
+    shard: str | None = None
+    """`K/N` for `--shard`: the lock then holds only this shard's cells."""
 
     def buildable_here(self, state: CellState) -> bool:
         return not state.cell.needs_gpu or self.gpu is not None
@@ -133,10 +167,6 @@ class Survey:
     @property
     def skipped(self) -> tuple[CellState, ...]:
         return tuple(s for s in self.freshness.stale if not self.buildable_here(s))
-
-    @property
-    def removed(self) -> tuple[str, ...]:
-        return self.freshness.removed if self.full else ()
 
 
 def survey(
@@ -158,12 +188,29 @@ def survey(
     lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
     stamps = Stamps.load(plan.manifest.output.resolve())
     lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
-    buildable_ids = {cell.id for cell in plan.buildable}
-    buildable = [cell for cell in chosen if cell.id in buildable_ids]
+    owned, shard = owned_cells(args, plan)
+    buildable = [cell for cell in chosen if cell.id in owned]
     fresh = check(
         plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=args.verify, force=force
     )
-    return Survey(plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, full=not patterns)
+    removed = tuple(sorted(set(lock.engines) - owned)) if lock and not patterns else ()
+    return Survey(plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard)
+
+
+def owned_cells(args: argparse.Namespace, plan: Plan) -> tuple[set[str], str | None]:
+    """Ids of the buildable cells this run answers for (all, or one shard's), and the shard."""
+    shard = getattr(args, "shard", None)
+    pool = getattr(args, "pool", None)
+    if shard is None and pool is None:
+        return {cell.id for cell in plan.buildable}, None
+    from matrix.sharding import cells_in_pool, parse_shard, shard_of_plan
+
+    if shard is None:
+        return {cell.id for cell in cells_in_pool(plan.buildable, pool)}, None
+    committed = read_lock(plan.manifest.lock_path)  # balances shards by recorded build times
+    cells = shard_of_plan(plan, shard, args.shard_strategy, pool, committed)
+    k, n = parse_shard(shard)
+    return {cell.id for cell in cells}, f"{k}/{n}"
 
 
 def select_cells(plan: Plan, patterns: Sequence[str]) -> list[Cell]:
@@ -220,6 +267,7 @@ def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    scheduler(args)  # a bad flag combination fails before any work
     state = survey(args, args.cells, force=args.force, device=args.device, lock_output=args.output)
     refuse_rejected(state.plan, select_cells(state.plan, args.cells), args.skip_rejected)
     if args.require_gpu and state.skipped:
@@ -237,6 +285,16 @@ def run(args: argparse.Namespace) -> int:
     return build_under_lock(args, state.plan.manifest.output.resolve(), started)
 
 
+def scheduler(args: argparse.Namespace) -> str | None:
+    if args.executor == "local":
+        if args.scheduler:
+            raise UsageError("--scheduler goes with --executor dask")
+        return None
+    if not args.scheduler:
+        raise UsageError("--executor dask needs --scheduler tcp://HOST:PORT")
+    return str(args.scheduler)
+
+
 def needs_writing(state: Survey) -> bool:
     if state.to_build or state.removed:
         return True
@@ -246,14 +304,16 @@ def needs_writing(state: Survey) -> bool:
         state.plan,
         state.lock_path,
         state.freshness.installed,
+        shard=state.shard,
         known=state.freshness.planned_fingerprints(),
     )
     lock = state.lock
-    return lock is None or (lock.tool, lock.tensorrt_rtx, lock.manifest, lock.plan) != (
+    return lock is None or (lock.tool, lock.tensorrt_rtx, lock.manifest, lock.plan, lock.shard) != (
         header.tool,
         header.tensorrt_rtx,
         header.manifest,
         header.plan,
+        header.shard,
     )
 
 
@@ -338,6 +398,7 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
         plan,
         state.lock_path,
         state.freshness.installed,
+        shard=state.shard,
         known=state.freshness.planned_fingerprints(),
     )
     entries = dict(lock.engines) if lock else {}
@@ -350,7 +411,9 @@ def build_stale(args: argparse.Namespace, state: Survey, started: float) -> int:
     }
     display = make_display(args.quiet, args.verbose)
     display.start(Batch(tuple(j.request.cell_id for j in jobs), expected, args.jobs))
-    options = RunOptions(jobs=args.jobs, keep_going=args.keep_going, timeout=args.timeout)
+    options = RunOptions(
+        jobs=args.jobs, keep_going=args.keep_going, timeout=args.timeout, scheduler=scheduler(args)
+    )
     previous = _sigterm_as_interrupt()
     try:
         built = build_jobs(plan, jobs, book, options, state.gpu, display.event, display.outcome)
