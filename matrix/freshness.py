@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matrix.errors import InputError, Problem
 from matrix.facts import ModelFacts
 from matrix.fingerprint import build_options, fingerprint
 from matrix.gpu import Gpu
@@ -47,7 +48,8 @@ def engine_path(manifest: Manifest, cell: Cell, output: Path | None = None) -> P
     folder = str(output or manifest.output.resolve())
     path = os.path.normpath(os.path.join(folder, cell.model.name, f"{cell.id}.engine"))
     if not path.startswith(folder + os.sep):
-        raise ValueError(f"engine path of {cell.id} escapes the output folder {folder}")
+        message = f"the engine path of {cell.id} would escape the output folder {folder}"
+        raise InputError([Problem(str(manifest.path), message)])
     return Path(path)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from matrix import freshness as F
 from matrix.capabilities import SM86, SM89
+from matrix.errors import InputError
 from matrix.fingerprint import build_options, fingerprint
 from matrix.gpu import Gpu
 from matrix.lockfile_types import Lock, LockEntry, ModelRef, PlanStamp
@@ -187,5 +188,5 @@ def test_removed_cells_and_escaping_ids(tmp_path: Path) -> None:
     )
     assert result.removed == ("gone@sm80",)
     evil = replace(cell, model=replace(cell.model, name="../../x"))
-    with pytest.raises(ValueError, match="escapes the output folder"):
+    with pytest.raises(InputError, match="would escape the output folder"):
         F.engine_path(plan.manifest, evil)
