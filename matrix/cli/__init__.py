@@ -38,9 +38,20 @@ def report_error(error: MatrixError) -> None:
         print(f"error: {error}", file=sys.stderr)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like `parse_args`, but cell names may follow options (`build m.yaml -j2 CELL`):
+    argparse stops filling a `nargs="*"` positional at the first option."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "cells") and not any(e.startswith("-") for e in extras):
+        args.cells = [*(args.cells or []), *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         code: int = args.run(args)
     except MatrixError as error:

@@ -151,3 +151,17 @@ def test_github_matrix_refuses_zero_shards(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: --shards must be at least 1 and --gpu-shards at least 0"
     )
+
+
+def test_cells_may_follow_options(project: Path) -> None:
+    from matrix.cli import make_parser, parse
+
+    args = parse(make_parser(), ["build", "m.yaml", "-j2", "mlp@*", "-k", "head"])
+    assert (args.manifest, args.cells, args.jobs, args.keep_going) == (
+        "m.yaml",
+        ["mlp@*", "head"],
+        2,
+        True,
+    )
+    with pytest.raises(SystemExit):
+        parse(make_parser(), ["plan", "m.yaml", "extra"])
