@@ -39,7 +39,9 @@ def test_lock_book_writes_every_cell_then_backs_off(
     book.drop(["old@sm86"])
     assert on_disk(lock) == ["a@sm86"]
 
-    monkeypatch.setattr(executor, "WRITE_BACKOFF", 1e9)  # every write now looks expensive
+    # Every write now counts as slow (as for a lock of thousands of entries) and backs off.
+    monkeypatch.setattr(executor, "SLOW_WRITE", -1.0)
+    monkeypatch.setattr(executor, "WRITE_BACKOFF", 1e9)
     book.drop(["a@sm86"])  # drops always write: an engine is about to be replaced
     book.add("b@sm86", entry("b"), engine)  # delayed
     assert on_disk(lock) == []
