@@ -41,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from matrix.atomic import write_atomic
 from matrix.engine_header import temp_files
 from matrix.errors import UsageError
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
@@ -314,30 +315,16 @@ def _write_back(request: BuildRequest, outcome: CellOutcome) -> BuildResult:
     result = outcome.result
     try:
         if outcome.log is not None:
-            _write_atomic(Path(request.log_path), outcome.log.encode("utf-8"))
+            write_atomic(Path(request.log_path), outcome.log.encode("utf-8"))
         if result.ok and outcome.engine is not None:
             if hashlib.sha256(outcome.engine).hexdigest() != result.sha256:
                 return replace(result, ok=False, sha256=None, size=None, header_mask=None,
                                error="engine bytes from the Dask worker do not match their "
                                      "sha256 (damaged in transfer)")
-            _write_atomic(Path(request.engine_path), outcome.engine)
+            write_atomic(Path(request.engine_path), outcome.engine)
     except OSError as error:
         return replace(result, ok=False, error=_one_line(f"cannot write the engine: {error}"))
     return result
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _ignore(event: ProgressEvent) -> None:

@@ -23,12 +23,13 @@ from types import MappingProxyType
 from typing import Any
 
 from matrix import __version__
+from matrix.atomic import write_atomic
 from matrix.facts import ModelFacts
 from matrix.fingerprint import build_options, plan_stamp
 from matrix.freshness import CellState, relative_posix
 from matrix.gpu import Gpu
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
-from matrix.lockfile import EntryCache, lock_to_json, write_atomic
+from matrix.lockfile import EntryCache, lock_to_json
 from matrix.lockfile_types import Lock, LockEntry, ModelRef
 from matrix.plan import Plan
 from matrix.stamps import Stamps

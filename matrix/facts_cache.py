@@ -10,14 +10,15 @@ after the files' mtime are marked racy and checked by content digest until they 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from matrix.atomic import write_atomic
 from matrix.facts import ModelFacts, TensorInfo
 from matrix.onnx_inspect import content_digest, inspect_model
 
@@ -123,18 +124,8 @@ def _load_entry(entry_file: Path, path: Path) -> tuple[ModelFacts, dict[str, Sta
 
 def _store_entry(entry_file: Path, entry: dict[str, Any]) -> None:
     """Write atomically; a cache we cannot write is no error, only a slower next run."""
-    try:
-        entry_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry_file.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(entry, out, sort_keys=True)
-            os.replace(tmp, entry_file)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        write_atomic(entry_file, json.dumps(entry, sort_keys=True), durable=False)
 
 
 def _entry(path: Path, stamps: dict[str, Stamp], facts: ModelFacts) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matrix.atomic import sha256_file
 from matrix.errors import InputError, Problem
 from matrix.facts import ModelFacts
 from matrix.fingerprint import build_options, fingerprint
@@ -21,7 +22,7 @@ from matrix.lockfile import plain_json
 from matrix.lockfile_types import Lock, LockEntry
 from matrix.manifest import Manifest
 from matrix.plan import Cell, Plan
-from matrix.stamps import Stamps, sha256_file
+from matrix.stamps import Stamps
 from matrix.versions import installed_tensorrt_rtx
 
 NEW_CELL = "new cell"

@@ -9,13 +9,12 @@ parses, whatever interrupts the writer.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from matrix.atomic import write_atomic
 from matrix.errors import InputError, Problem
 from matrix.lockfile_types import LOCK_VERSION, Lock, LockEntry, ModelRef, PlanStamp
 
@@ -45,36 +44,6 @@ def read_lock(path: Path, *, validate: bool = True) -> Lock | None:
 def write_lock(path: Path, lock: Lock) -> None:
     """Replace the lock at `path` atomically and durably (temp file, fsync, rename, fsync dir)."""
     write_atomic(path, lock_to_json(lock))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on every platform.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- to JSON

@@ -11,13 +11,12 @@ only inside it).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matrix.atomic import sha256_file, write_atomic
 from matrix.errors import InputError, MatrixError, Problem
 
 
@@ -80,7 +79,8 @@ def refit_engine(engine: Path, onnx: Path, output: Path) -> RefitResult:
     """
     started = time.perf_counter()
     blob = _refit_with_library(engine, onnx)
-    digest = write_atomic(output, blob)
+    write_atomic(output, blob)
+    digest = hashlib.sha256(blob).hexdigest()
     return RefitResult(output, len(blob), digest, time.perf_counter() - started)
 
 
@@ -150,29 +150,6 @@ def _make_logger(trt: Any) -> Any:
     return Logger()
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes | memoryview) -> str:
-    """Write `data` to a temporary sibling, fsync, rename over `path`; returns its sha256."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return hashlib.sha256(data).hexdigest()
-
-
 @dataclass(frozen=True)
 class LockedEngine:
     """What `refit --lock` takes from one lock entry."""
@@ -202,7 +179,7 @@ def engine_from_lock(lock_path: Path, cell_id: str) -> LockedEngine:
     root = lock_path.parent
     engine = root / entry.path
     if engine.is_file() and (
-        engine.stat().st_size != entry.size or sha256_of(engine) != entry.sha256
+        engine.stat().st_size != entry.size or sha256_file(engine) != entry.sha256
     ):
         raise InputError(f"{where}: {engine} is not the engine the lock recorded; rebuild it")
     return LockedEngine(engine, root / entry.model.path, entry.model.graph_digest)

@@ -7,15 +7,15 @@ mtimes, so its first run hashes once and then trusts the stamps too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from matrix.atomic import write_atomic
+
 STATE_DIR = ".rtx-matrix"
 STAMPS_FILE = "stamps.json"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,6 @@ class Stamp:
 
 def state_dir(output: Path) -> Path:
     return output / STATE_DIR
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Stamps:
@@ -88,8 +80,5 @@ class Stamps:
         if not self._dirty:
             return
         data = {key: [s.size, s.mtime_ns, s.sha256] for key, s in sorted(self._stamps.items())}
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-        os.replace(temp, self.file)
+        write_atomic(self.file, json.dumps(data, separators=(",", ":")), durable=False)
         self._dirty = False

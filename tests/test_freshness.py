@@ -10,6 +10,7 @@ from types import MappingProxyType
 import pytest
 
 from matrix import freshness as F
+from matrix.atomic import sha256_file
 from matrix.capabilities import SM86, SM89
 from matrix.errors import InputError
 from matrix.fingerprint import build_options, fingerprint
@@ -17,7 +18,7 @@ from matrix.gpu import Gpu
 from matrix.lockfile_types import Lock, LockEntry, ModelRef, PlanStamp
 from matrix.manifest import BuilderOptions
 from matrix.plan import Cell, Plan, Verdict
-from matrix.stamps import Stamps, sha256_file
+from matrix.stamps import Stamps
 from tests.factories import facts, manifest, model, target
 
 VERSION = "1.7.1.116"

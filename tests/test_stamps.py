@@ -6,7 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from matrix.stamps import Stamps, sha256_file
+from matrix.atomic import sha256_file
+from matrix.stamps import Stamps
 
 
 def test_stamp_matches_until_the_file_changes(tmp_path: Path) -> None:
