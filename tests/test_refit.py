@@ -340,36 +340,6 @@ def test_library_failure_is_one_line_and_leaves_no_file(
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-00000000-fake"
 
 
-# --- atomic write -----------------------------------------------------------------------
-
-
-def test_write_atomic_replaces_the_file_and_returns_its_digest(tmp_path: Path) -> None:
-    path = tmp_path / "out.engine"
-    path.write_bytes(b"old")
-    assert (
-        refit.write_atomic(path, memoryview(b"new engine"))
-        == hashlib.sha256(b"new engine").hexdigest()
-    )
-    assert path.read_bytes() == b"new engine"
-    assert list(tmp_path.iterdir()) == [path]
-
-
-def test_write_atomic_failure_keeps_the_old_file_and_no_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "out.engine"
-    path.write_bytes(b"old")
-
-    def fail(src: str, dst: str) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="No space left"):
-        refit.write_atomic(path, b"new engine")
-    assert path.read_bytes() == b"old"
-    assert list(tmp_path.iterdir()) == [path]
-
-
 @needs_gpu_free_host
 def test_refused_refit_never_imports_the_library(fake_engine: Path, model: Path) -> None:
     script = (
