@@ -6,10 +6,8 @@ own cell; pebble replaces it and the other cells go on. The parent never imports
 
 Threading: `results()` runs in the caller's thread and calls `on_event` from that same
 thread. One daemon thread per pool only moves worker events from the pipe into an in-process
-queue, so a worker never blocks on a full pipe.
-
-Known limit, shared with pebble's own channels: a worker SIGKILLed in the microseconds it
-holds the event pipe's write lock would leave the other workers unable to send events.
+queue, so a worker never blocks on a full pipe. The event pipe has no lock (see `_Channel`):
+a worker killed while sending cannot block the others.
 """
 
 from __future__ import annotations
@@ -17,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import queue
+import select
 import signal
 import threading
 import time
@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,11 +42,43 @@ START_METHOD = "spawn"
 here, and spawn keeps the parent free of any fork-safety question."""
 
 _POLL_SECONDS = 0.05
+_LENGTH_PREFIX = 4
+"""Bytes `Connection.send_bytes` puts before a message (sent in the same write when small)."""
 _END_EVENT_GRACE = 1.0
 """How long a finished cell's result waits for its `end` event, so events come first."""
 _STEP_INTERVAL = 0.1
 """Workers forward at most one `step` event per phase this often: the display needs no more,
 and a small build emits a few hundred steps."""
+
+
+@dataclass(frozen=True)
+class _Channel:
+    """Worker-to-parent event pipe without a lock: each event goes out in one write() of at
+    most PIPE_BUF bytes, which POSIX makes atomic. So writers never interleave, and a worker
+    killed mid-send cannot leave a lock held that would block the other workers forever."""
+
+    reader: Connection
+    writer: Connection
+
+    @classmethod
+    def open(cls, context: Any) -> _Channel:
+        reader, writer = context.Pipe(duplex=False)
+        return cls(reader, writer)
+
+    def send(self, event: ProgressEvent) -> None:
+        data = pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) + _LENGTH_PREFIX > select.PIPE_BUF:
+            return  # only an absurdly long cell id or phase name; progress is best effort
+        self.writer.send_bytes(data)
+
+    def receive(self) -> ProgressEvent:
+        event = pickle.loads(self.reader.recv_bytes())
+        assert isinstance(event, ProgressEvent)
+        return event
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
 
 
 @dataclass
@@ -71,8 +104,9 @@ class WorkerPool:
     pool bound to one GPU.
     """
 
-    def __init__(self, jobs: int, timeout: float | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, jobs: int, timeout: float | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
         self.jobs = jobs
@@ -80,7 +114,7 @@ class WorkerPool:
         self.env = dict(env or {})
         self._state = _State()
         self._pool: pebble.ProcessPool | None = None
-        self._events: Any = None
+        self._events: _Channel | None = None
         self._local: queue.SimpleQueue[ProgressEvent] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._pump: threading.Thread | None = None
@@ -90,16 +124,25 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         context = multiprocessing.get_context(START_METHOD)
-        self._events = context.SimpleQueue()
-        self._pool = pebble.ProcessPool(max_workers=self.jobs, initializer=_init_worker,
-                                        initargs=(self._events, self.env), context=context)
-        self._pump = threading.Thread(target=self._pump_events, name="rtx-matrix-events",
-                                      daemon=True)
+        self._events = _Channel.open(context)
+        self._pool = pebble.ProcessPool(
+            max_workers=self.jobs,
+            initializer=_init_worker,
+            initargs=(self._events, self.env),
+            context=context,
+        )
+        self._pump = threading.Thread(
+            target=self._pump_events, name="rtx-matrix-events", daemon=True
+        )
         self._pump.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.shutdown()
 
     def submit(self, request: BuildRequest) -> None:
@@ -172,24 +215,22 @@ class WorkerPool:
                 raise RuntimeError("use WorkerPool as a context manager")
             while self._state.pending and len(self._state.running) < self.jobs:
                 request = self._state.pending.popleft()
-                future = self._pool.schedule(_build_in_worker, args=(request,),
-                                             timeout=self.timeout)
+                future = self._pool.schedule(
+                    _build_in_worker, args=(request,), timeout=self.timeout
+                )
                 future.add_done_callback(lambda _: self._wake.set())
-                self._state.running[request.cell_id] = _InFlight(request, future,
-                                                                 time.monotonic())
+                self._state.running[request.cell_id] = _InFlight(request, future, time.monotonic())
             return [cell.future for cell in self._state.running.values()]
 
     def _pump_events(self) -> None:
-        # Polls instead of blocking in get(): waking a blocked reader would mean writing to
-        # the pipe, whose lock a killed worker may have died holding.
+        # poll() with a timeout, so `shutdown` can end this thread without writing to the pipe.
         events, stop = self._events, self._stop
+        assert events is not None
         while not stop.is_set():
             try:
-                if events.empty():
-                    stop.wait(0.005)
-                    continue
-                self._local.put(events.get())
-                self._wake.set()
+                if events.reader.poll(_POLL_SECONDS):
+                    self._local.put(events.receive())
+                    self._wake.set()
             except (EOFError, OSError):
                 return
 
@@ -235,8 +276,9 @@ class WorkerPool:
         _remove_temp_files(cell.request)
         _append_to_log(cell.request.log_path, f"rtx-matrix: {error}")
         began = cell.started if cell.started is not None else cell.submitted
-        return BuildResult(cell_id=cell.request.cell_id, ok=False,
-                           seconds=time.monotonic() - began, error=error)
+        return BuildResult(
+            cell_id=cell.request.cell_id, ok=False, seconds=time.monotonic() - began, error=error
+        )
 
 
 def _describe_failure(error: BaseException, timeout: float | None) -> str:
@@ -280,10 +322,10 @@ def _ignore(event: ProgressEvent) -> None:
 
 # --- inside a worker process --------------------------------------------------------------
 
-_worker_events: Any = None
+_worker_events: _Channel | None = None
 
 
-def _init_worker(events: Any, env: Mapping[str, str]) -> None:
+def _init_worker(events: _Channel, env: Mapping[str, str]) -> None:
     global _worker_events
     _worker_events = events
     os.environ.update(env)
@@ -306,7 +348,7 @@ def _build_in_worker(request: BuildRequest) -> BuildResult:
 class _Forwarder:
     """Sends events to the parent, thinning `step` events to one per phase per interval."""
 
-    def __init__(self, events: Any) -> None:
+    def __init__(self, events: _Channel | None) -> None:
         self.events = events
         self.last_step: dict[str, float] = {}
 
@@ -318,4 +360,4 @@ class _Forwarder:
             if now - self.last_step.get(event.phase, 0.0) < _STEP_INTERVAL:
                 return
             self.last_step[event.phase] = now
-        self.events.put(event)
+        self.events.send(event)

@@ -134,6 +134,31 @@ def test_a_worker_killed_mid_build_fails_only_its_cell(tmp_path: Path, models: d
     assert not alive(victims[0])
 
 
+def test_workers_killed_while_sending_events_never_block_the_others(
+        tmp_path: Path, models: dict[str, Path]) -> None:
+    # Kill each slow cell's worker right as its events stream in: were the event pipe guarded
+    # by a lock, a worker dying while holding it would block every later worker forever.
+    slow_cells = [request(tmp_path, models["slow"], f"slow{i}") for i in range(3)]
+    killed: set[str] = set()
+
+    def kill_on_first_step(event: ProgressEvent) -> None:
+        if event.cell_id.startswith("slow") and event.kind == "step" \
+                and event.cell_id not in killed:
+            killed.add(event.cell_id)
+            os.kill(event.pid, signal.SIGKILL)
+
+    with WorkerPool(jobs=2) as pool:
+        watchdog = threading.Timer(60, pool.shutdown)  # a hang fails the test, not the run
+        watchdog.start()
+        for cell in [*slow_cells, *quick_cells(tmp_path, models, 3)]:
+            pool.submit(cell)
+        results = {r.cell_id: r for r in pool.results(kill_on_first_step)}
+        watchdog.cancel()
+    assert sorted(results) == ["conv0", "conv1", "conv2", "slow0", "slow1", "slow2"]
+    assert all(results[f"slow{i}"].error == "worker died: signal 9 (SIGKILL)" for i in range(3))
+    assert all(results[f"conv{i}"].ok for i in range(3))
+
+
 def test_timeout_fails_only_that_cell_and_replaces_its_worker(tmp_path: Path,
                                                               models: dict[str, Path]) -> None:
     started = time.monotonic()
