@@ -7,20 +7,18 @@ stamps, and prints one line: no tensorrt_rtx, onnx, rich or filelock import.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matrix.cli.common import add_manifest_args, scope_of, survey_for
 from matrix.errors import (
     GpuError,
-    InputError,
     Interrupted,
     LockBusy,
     PlanRejected,
@@ -28,14 +26,9 @@ from matrix.errors import (
     UsageError,
 )
 from matrix.executor import Job, Outcome, RunOptions, Status
-from matrix.freshness import CellState, Freshness, check
-from matrix.gpu import Gpu
-from matrix.lockfile import read_lock
-from matrix.lockfile_types import Lock
-from matrix.pipeline import DEFAULT_MANIFEST, load_plan, resolve_manifest
 from matrix.plan import Cell, Plan
-from matrix.stamps import Stamps, state_dir
-from matrix.versions import installed_tensorrt_rtx
+from matrix.stamps import state_dir
+from matrix.survey import Survey, select_cells
 
 
 def add_parser(subparsers: Any) -> None:
@@ -123,129 +116,11 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def add_manifest_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
-    parser.add_argument(
-        "--verify", action="store_true", help="hash every engine instead of trusting size and mtime"
-    )
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
-
-
-# ----------------------------------------------------------------- the read-only front half
-
-
-@dataclass(frozen=True)
-class Survey:
-    """Where a manifest stands: its plan, lock and the freshness of the chosen cells."""
-
-    plan: Plan
-    lock_path: Path
-    lock: Lock | None
-    stamps: Stamps
-    freshness: Freshness
-    gpu: Gpu | None
-    gpu_missing: str | None
-    """Why cells that need a GPU cannot be built here; None when they can (or there are none)."""
-    removed: tuple[str, ...]
-    """Lock entries of cells this run no longer owns: they leave the lock after a full run."""
-    shard: str | None = None
-    """`K/N` for `--shard`: the lock then holds only this shard's cells."""
-
-    def buildable_here(self, state: CellState) -> bool:
-        return not state.cell.needs_gpu or self.gpu is not None
-
-    @property
-    def to_build(self) -> tuple[CellState, ...]:
-        return tuple(s for s in self.freshness.stale if self.buildable_here(s))
-
-    @property
-    def skipped(self) -> tuple[CellState, ...]:
-        return tuple(s for s in self.freshness.stale if not self.buildable_here(s))
-
-
-def survey(
-    args: argparse.Namespace,
-    patterns: Sequence[str] = (),
-    *,
-    force: bool = False,
-    device: int | None = None,
-    lock_output: str | None = None,
-) -> Survey:
-    plan = load_plan(resolve_manifest(args.manifest))
-    chosen = select_cells(plan, patterns)
-    gpu, gpu_missing = None, None
-    if any(cell.needs_gpu for cell in chosen):
-        gpu, gpu_missing = find_gpu(device)
-        if gpu is not None and any(cell.target.current for cell in plan.cells):
-            plan = replan(plan, gpu)
-            chosen = select_cells(plan, patterns)
-    lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
-    stamps = Stamps.load(plan.manifest.output.resolve())
-    lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
-    owned, shard = owned_cells(args, plan)
-    buildable = [cell for cell in chosen if cell.id in owned]
-    fresh = check(
-        plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=args.verify, force=force
-    )
-    removed = tuple(sorted(set(lock.engines) - owned)) if lock and not patterns else ()
-    return Survey(plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard)
-
-
-def owned_cells(args: argparse.Namespace, plan: Plan) -> tuple[set[str], str | None]:
-    """Ids of the buildable cells this run answers for (all, or one shard's), and the shard."""
-    shard = getattr(args, "shard", None)
-    pool = getattr(args, "pool", None)
-    if shard is None and pool is None:
-        return {cell.id for cell in plan.buildable}, None
-    from matrix.sharding import cells_in_pool, parse_shard, shard_of_plan
-
-    if shard is None:
-        return {cell.id for cell in cells_in_pool(plan.buildable, pool)}, None
-    committed = read_lock(plan.manifest.lock_path)  # balances shards by recorded build times
-    cells = shard_of_plan(plan, shard, args.shard_strategy, pool, committed)
-    k, n = parse_shard(shard)
-    return {cell.id for cell in cells}, f"{k}/{n}"
-
-
-def select_cells(plan: Plan, patterns: Sequence[str]) -> list[Cell]:
-    """Cells named by id, model name or glob; every cell when no pattern is given."""
-    if not patterns:
-        return list(plan.cells)
-    chosen: list[Cell] = []
-    for pattern in patterns:
-        matched = [
-            cell
-            for cell in plan.cells
-            if pattern in (cell.id, cell.model.name) or fnmatch.fnmatchcase(cell.id, pattern)
-        ]
-        if not matched:
-            raise InputError(f"no cell matches {pattern!r} (give a cell id, model name or glob)")
-        chosen.extend(cell for cell in matched if cell not in chosen)
-    return chosen
-
-
-def find_gpu(device: int | None) -> tuple[Gpu | None, str | None]:
-    from matrix.gpu import discover, gpu_skip_reason
-
-    inventory = discover()
-    reason = gpu_skip_reason(inventory, device)
-    if reason is not None:
-        return None, reason
-    return inventory.pick(device), None
-
-
-def replan(plan: Plan, gpu: Gpu) -> Plan:
-    """The plan again, with `current` cells judged for this GPU's CC."""
-    from matrix.planner import make_plan
-    from matrix.rules import rules_for
-
-    return make_plan(plan.manifest, plan.facts, rules_for(installed_tensorrt_rtx()), current=gpu.cc)
 
 
 def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
@@ -268,8 +143,9 @@ def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     scheduler(args)  # a bad flag combination fails before any work
-    state = survey(args, args.cells, force=args.force, device=args.device, lock_output=args.output)
-    refuse_rejected(state.plan, select_cells(state.plan, args.cells), args.skip_rejected)
+    state = survey_for(args)
+    chosen = select_cells(state.plan, scope_of(args).patterns)
+    refuse_rejected(state.plan, chosen, args.skip_rejected)
     if args.require_gpu and state.skipped:
         raise GpuError(f"--require-gpu: {len(state.skipped)} cells need a GPU: {state.gpu_missing}")
     if args.dry_run or args.check:
@@ -342,9 +218,7 @@ def print_pending(state: Survey, out: Any) -> None:
 def build_under_lock(args: argparse.Namespace, output: Path, started: float) -> int:
     """Take the output folder's lock, look again (another run may have built meanwhile), build."""
     with output_lock(output, args.wait):
-        state = survey(
-            args, args.cells, force=args.force, device=args.device, lock_output=args.output
-        )
+        state = survey_for(args)
         return build_stale(args, state, started)
 
 

@@ -6,9 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from matrix.cli.build import Survey, add_manifest_args, survey
+from matrix.cli.common import add_manifest_args, survey_for
 from matrix.errors import Stale
 from matrix.freshness import REMOVED, as_json
+from matrix.survey import Survey
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    state = survey(args)
+    state = survey_for(args)
     if args.json:
         print(json.dumps(status_json(state), indent=2, sort_keys=True))
     else:

@@ -1,0 +1,36 @@
+"""Arguments and set-up that several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+
+from matrix.pipeline import DEFAULT_MANIFEST, resolve_manifest
+from matrix.survey import Scope, Survey, survey
+
+
+def add_manifest_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
+    parser.add_argument(
+        "--verify", action="store_true", help="hash every engine instead of trusting size and mtime"
+    )
+
+
+def scope_of(args: argparse.Namespace) -> Scope:
+    return Scope(
+        patterns=tuple(getattr(args, "cells", ()) or ()),
+        shard=getattr(args, "shard", None),
+        pool=getattr(args, "pool", None),
+        shard_strategy=getattr(args, "shard_strategy", "balanced"),
+    )
+
+
+def survey_for(args: argparse.Namespace) -> Survey:
+    """`survey` with what this command's arguments say (status has fewer than build)."""
+    return survey(
+        resolve_manifest(args.manifest),
+        scope_of(args),
+        verify=args.verify,
+        force=getattr(args, "force", False),
+        device=getattr(args, "device", None),
+        lock_output=getattr(args, "output", None),
+    )
