@@ -5,7 +5,8 @@
 (1) overhead: `WorkerPool(jobs=1)` over N similar cells against a minimal script that calls
     tensorrt_rtx directly in one process for the same cells (target: at most 5 % slower);
 (2) parallelism: `-j2` throughput over `-j1` for the same cells (target: at least 1.8x on
-    2 cores; one build uses one core);
+    2 cores; one build uses one core), next to two direct processes side by side: the most
+    the cores give when others share them;
 (3) start method: time for a fresh pool to return its first tiny cell, "spawn" against
     "forkserver".
 Each variant runs as its own Python process, so interpreter start and imports count for all.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -65,9 +67,24 @@ def run_pool(models: list[Path], out: Path, jobs: int, method: str = "spawn") ->
     return time.perf_counter() - started
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], cpu: list[float] | None = None) -> float:
+    """Wall seconds of `command`; its CPU seconds (workers included) appended to `cpu`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall
+
+
+def timed_parallel(commands: list[list[str]]) -> float:
+    """Wall seconds of `commands` run at the same time: what two cores allow at best."""
+    started = time.perf_counter()
+    for process in [subprocess.Popen(c, cwd=ROOT) for c in commands]:
+        if process.wait():
+            raise SystemExit(f"{process.args!r} failed")
     return time.perf_counter() - started
 
 
@@ -91,12 +108,18 @@ def main() -> None:
         folder = Path(tmp)
         models = make_models(folder / "models", args.cells, args.layers)
         tiny = make_models(folder / "tiny", 1, 1)
-        direct, j1, j2 = [], [], []
+        direct, j1, j2, ceiling = [], [], [], []
+        direct_cpu: list[float] = []
+        j1_cpu: list[float] = []
         for _ in range(args.repeat):
             pairs = [str(a) for m in models for a in (m, folder / f"direct-{m.stem}.e")]
-            direct.append(timed([sys.executable, "-c", DIRECT, *pairs]))
-            j1.append(timed(pool_command(models, folder / "j1", 1)))
+            direct.append(timed([sys.executable, "-c", DIRECT, *pairs], direct_cpu))
+            j1.append(timed(pool_command(models, folder / "j1", 1), j1_cpu))
             j2.append(timed(pool_command(models, folder / "j2", 2)))
+            halves = [[str(a) for m in models[i::2] for a in (m, folder / f"par-{m.stem}.e")]
+                      for i in (0, 1)]
+            ceiling.append(timed_parallel([[sys.executable, "-c", DIRECT, *half]
+                                           for half in halves]))
         startup = {method: best([timed(pool_command(tiny, folder / method, 1, method))
                                  for _ in range(3)])
                    for method in ("spawn", "forkserver")}
@@ -105,7 +128,12 @@ def main() -> None:
           f"{d / args.cells:.2f} s per build")
     print(f"(1) direct {d:.2f} s, WorkerPool -j1 {one:.2f} s: overhead "
           f"{100 * (one - d) / d:+.1f} % (target <= 5 %)")
+    dc, pc = best(direct_cpu), best(j1_cpu)
+    print(f"    CPU seconds (less sensitive to a busy machine): direct {dc:.2f}, -j1 {pc:.2f}: "
+          f"{100 * (pc - dc) / dc:+.1f} %")
     print(f"(2) -j1 {one:.2f} s, -j2 {two:.2f} s: speed-up {one / two:.2f}x (target >= 1.8x)")
+    print(f"    reference: the same cells as two direct processes side by side "
+          f"{best(ceiling):.2f} s, {d / best(ceiling):.2f}x over one: what the cores allow")
     print("(3) fresh pool + one tiny cell: "
           + ", ".join(f"{m} {s:.2f} s" for m, s in startup.items()))
     print(f"load average after: {os.getloadavg()}")
