@@ -212,7 +212,19 @@ def _write_engine(request: BuildRequest, blob: memoryview) -> tuple[str, int, in
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+    _fsync_folder(final.parent)
     return sha256, len(blob), mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The lock will name this engine: make its rename survive a power loss too. (Not
+    # `matrix.atomic.write_atomic`: the header must be checked between write and rename.)
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _write_hashed(out: IO[bytes], blob: memoryview) -> str:
