@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DIRECT = """
-import sys, tensorrt_rtx as trt
+import sys, time, tensorrt_rtx as trt
 logger = trt.Logger(trt.Logger.WARNING)
 for onnx, engine in zip(sys.argv[1::2], sys.argv[2::2]):
+    started = time.perf_counter()
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -38,6 +40,7 @@ for onnx, engine in zip(sys.argv[1::2], sys.argv[2::2]):
     blob = builder.build_serialized_network(network, builder.create_builder_config())
     with open(engine, "wb") as out:
         out.write(blob)
+    print("cell", time.perf_counter() - started)
 """
 
 
@@ -62,27 +65,34 @@ def run_pool(models: list[Path], out: Path, jobs: int, method: str = "spawn") ->
                 cell_id=model.stem, onnx=str(model), ccs=(), use_gpu=False, weightless=False,
                 options=BuilderOptions(), profiles=(), engine_path=str(out / f"{model.stem}.e"),
                 log_path=str(out / "logs" / f"{model.stem}.log")))
-        failed = [r for r in pool.results(lambda event: None) if not r.ok]
-    assert not failed, failed
+        results = list(pool.results(lambda event: None))
+    assert all(r.ok for r in results), results
+    for result in results:
+        print("cell", result.seconds)
     return time.perf_counter() - started
 
 
-def timed(command: list[str], cpu: list[float] | None = None) -> float:
-    """Wall seconds of `command`; its CPU seconds (workers included) appended to `cpu`."""
+def timed(command: list[str], cpu: list[float] | None = None,
+          cells: list[float] | None = None) -> float:
+    """Wall seconds of `command`; its CPU seconds (workers included) appended to `cpu`, the
+    seconds of each cell it printed to `cells`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT)
+    output = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if cpu is not None:
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    if cells is not None:
+        cells.extend(float(line.split()[1]) for line in output.stdout.splitlines()
+                     if line.startswith("cell "))
     return wall
 
 
 def timed_parallel(commands: list[list[str]]) -> float:
     """Wall seconds of `commands` run at the same time: what two cores allow at best."""
     started = time.perf_counter()
-    for process in [subprocess.Popen(c, cwd=ROOT) for c in commands]:
+    for process in [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL) for c in commands]:
         if process.wait():
             raise SystemExit(f"{process.args!r} failed")
     return time.perf_counter() - started
@@ -111,10 +121,12 @@ def main() -> None:
         direct, j1, j2, ceiling = [], [], [], []
         direct_cpu: list[float] = []
         j1_cpu: list[float] = []
+        direct_cells: list[float] = []
+        j1_cells: list[float] = []
         for _ in range(args.repeat):
             pairs = [str(a) for m in models for a in (m, folder / f"direct-{m.stem}.e")]
-            direct.append(timed([sys.executable, "-c", DIRECT, *pairs], direct_cpu))
-            j1.append(timed(pool_command(models, folder / "j1", 1), j1_cpu))
+            direct.append(timed([sys.executable, "-c", DIRECT, *pairs], direct_cpu, direct_cells))
+            j1.append(timed(pool_command(models, folder / "j1", 1), j1_cpu, j1_cells))
             j2.append(timed(pool_command(models, folder / "j2", 2)))
             halves = [[str(a) for m in models[i::2] for a in (m, folder / f"par-{m.stem}.e")]
                       for i in (0, 1)]
@@ -131,6 +143,12 @@ def main() -> None:
     dc, pc = best(direct_cpu), best(j1_cpu)
     print(f"    CPU seconds (less sensitive to a busy machine): direct {dc:.2f}, -j1 {pc:.2f}: "
           f"{100 * (pc - dc) / dc:+.1f} %")
+    dm, pm = statistics.median(direct_cells), statistics.median(j1_cells)
+    n = args.cells
+    fixed = min(wall - sum(j1_cells[i * n:(i + 1) * n]) for i, wall in enumerate(j1))
+    print(f"    median cell: direct {dm:.3f} s, in a worker {pm:.3f} s "
+          f"({100 * (pm - dm) / dm:+.1f} %); the pool's fixed cost (start, imports, stop) "
+          f"{fixed:.2f} s")
     print(f"(2) -j1 {one:.2f} s, -j2 {two:.2f} s: speed-up {one / two:.2f}x (target >= 1.8x)")
     print(f"    reference: the same cells as two direct processes side by side "
           f"{best(ceiling):.2f} s, {d / best(ceiling):.2f}x over one: what the cores allow")
