@@ -256,7 +256,10 @@ def _check_header(temp: Path, request: BuildRequest) -> int:
 
 
 class _BuildLog(trt.ILogger):  # type: ignore[misc]
-    """Every library message to the cell's log file; remembers the last error for the summary."""
+    """Library messages from INFO up to the cell's log file; remembers the last error.
+
+    VERBOSE is left out: it is 99.5 % of the ~5,000 messages of even a tiny build, internal
+    detail no user reads, and formatting it cost ~5 % of a small build's time."""
 
     def __init__(self, path: str) -> None:
         trt.ILogger.__init__(self)
@@ -279,11 +282,12 @@ class _BuildLog(trt.ILogger):  # type: ignore[misc]
             self._file = None
 
     def log(self, severity: Any, msg: str) -> None:
-        # Called thousands of times per build (VERBOSE): keep it cheap.
+        if severity.value == _VERBOSE:  # thousands of calls per build: the cheapest test first
+            return
         name = _SEVERITY_NAMES.get(severity)
         if name is None or name in ("ERROR", "INTERNAL_ERROR"):
             self.last_error = _one_line(msg)
-        self.note(f"[{name or severity}] {msg}", flush=name not in ("INFO", "VERBOSE"))
+        self.note(f"[{name or severity}] {msg}", flush=name != "INFO")
 
     def note(self, line: str, flush: bool = True) -> None:
         # Never raise into the library's C++ caller: a full disk loses log lines, not the cell.
@@ -298,6 +302,7 @@ class _BuildLog(trt.ILogger):  # type: ignore[misc]
                 self._flushed = now
 
 
+_VERBOSE = int(trt.ILogger.VERBOSE)
 _SEVERITY_NAMES = {
     trt.ILogger.INTERNAL_ERROR: "INTERNAL_ERROR",
     trt.ILogger.ERROR: "ERROR",

@@ -207,13 +207,14 @@ def test_a_raising_progress_callback_does_not_break_the_build(tmp_path: Path,
     assert build(request(tmp_path, models["conv"]), explode).ok
 
 
-def test_log_file_has_every_message_with_its_severity(tmp_path: Path,
-                                                      models: dict[str, Path]) -> None:
+def test_log_file_has_info_and_up_with_severity_and_no_verbose_noise(
+        tmp_path: Path, models: dict[str, Path]) -> None:
     req = request(tmp_path, models["conv"])
     assert build(req).ok
     log = Path(req.log_path).read_text()
     assert "[INFO] Input filename:" in log
-    assert "[VERBOSE]" in log
+    assert "[INFO] Engine generation completed" in log
+    assert "[VERBOSE]" not in log
 
 
 def test_current_gpu_without_a_gpu_fails_with_the_library_text(
