@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 import pebble
+from pebble.common.types import CONSTS as PEBBLE_CONSTS
 
 from matrix.engine_header import temp_files
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
@@ -41,7 +42,12 @@ START_METHOD = "spawn"
 """Measured in bench/bench_workers.py: "spawn" and "forkserver" start a worker equally fast
 here, and spawn keeps the parent free of any fork-safety question."""
 
-_POLL_SECONDS = 0.05
+_POLL_SECONDS = 0.01
+"""The event pump's poll: joining it at shutdown waits up to this long."""
+_PEBBLE_TICK = 0.02
+"""pebble's manager threads sleep in units of `CONSTS.sleep_unit` (0.1 s) and joining them
+waits out a tick: 0.1 s of every run's fixed cost (bench/bench_overhead.py). Their loops
+only check state on waking, so a shorter tick costs a few idle wake-ups a second."""
 _LENGTH_PREFIX = 4
 """Bytes `Connection.send_bytes` puts before a message (sent in the same write when small)."""
 _END_EVENT_GRACE = 1.0
@@ -109,6 +115,7 @@ class WorkerPool:
     ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
+        PEBBLE_CONSTS.sleep_unit = min(PEBBLE_CONSTS.sleep_unit, _PEBBLE_TICK)
         self.jobs = jobs
         self.timeout = timeout
         self.env = dict(env or {})
