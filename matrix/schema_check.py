@@ -149,11 +149,32 @@ def _unknown_keys(error: ValidationError, path: str) -> Iterator[_Found]:
     for key in instance:
         if key in known:
             continue
-        if key in _REFUSED_OPTIONS and "optimization_level" in known:
-            message = f"'{key}' is not accepted: {_REFUSED_OPTIONS[key]}"
-        else:
-            message = f"unknown key {key!r}{did_you_mean(key, known)}"
-        yield child_path(path, key), message, False
+        yield child_path(path, key), _unknown_key_message(key, known), False
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    if key in _REFUSED_OPTIONS and ("optimization_level" in known or "builder" in known):
+        return f"'{key}' is not accepted: {_REFUSED_OPTIONS[key]}"
+    suggestion = did_you_mean(key, known)
+    if "builder" in known and not suggestion and _looks_like_option(key):
+        # A build option written beside `builder:` instead of inside it.
+        hint = "" if key in _BUILDER_OPTIONS else did_you_mean(key, _BUILDER_OPTIONS)
+        return f"unknown key {key!r}: build options go under `builder:`" + (
+            f" ({hint.removeprefix(', ')})" if hint else ""
+        )
+    return f"unknown key {key!r}{suggestion}"
+
+
+_BUILDER_OPTIONS = (
+    "optimization_level",
+    "tiling_optimization_level",
+    "max_aux_streams",
+    "workspace",
+)
+
+
+def _looks_like_option(key: str) -> bool:
+    return key in _BUILDER_OPTIONS or bool(did_you_mean(key, _BUILDER_OPTIONS))
 
 
 def _best_branch(error: ValidationError, root: Mapping[str, Any], path: str) -> Iterator[_Found]:

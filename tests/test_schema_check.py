@@ -20,8 +20,10 @@ def test_valid_data_has_no_issues() -> None:
 
 def test_unknown_key_with_suggestion_points_at_the_key() -> None:
     assert schema_issues(manifest(builder={"optimisation_level": 2})) == [
-        ("$.builder.optimisation_level",
-         "unknown key 'optimisation_level', did you mean 'optimization_level'?"),
+        (
+            "$.builder.optimisation_level",
+            "unknown key 'optimisation_level', did you mean 'optimization_level'?",
+        ),
     ]
 
 
@@ -33,9 +35,22 @@ def test_refused_option_explains_why() -> None:
     )
 
 
-def test_refused_option_name_outside_builder_is_just_unknown() -> None:
+def test_refused_option_outside_builder_still_says_why_it_is_refused() -> None:
     assert schema_issues(manifest(timing_cache="x")) == [
-        ("$.timing_cache", "unknown key 'timing_cache'"),
+        (
+            "$.timing_cache",
+            "'timing_cache' is not accepted: TensorRT-RTX has no timing cache to configure",
+        ),
+    ]
+
+
+def test_option_outside_builder_says_where_it_goes() -> None:
+    assert schema_issues(manifest(max_aux_stream=2)) == [
+        (
+            "$.max_aux_stream",
+            "unknown key 'max_aux_stream': build options go under `builder:` "
+            "(did you mean 'max_aux_streams'?)",
+        ),
     ]
 
 
@@ -47,8 +62,10 @@ def test_any_of_reports_the_branch_the_value_was_meant_for() -> None:
 
 def test_any_of_with_no_fitting_branch_gives_one_summary_line() -> None:
     assert schema_issues(manifest(model={"weightless": {"a": 1}})) == [
-        ("$.models[0].weightless",
-         "must be true, false or a non-empty list of them (got a mapping)"),
+        (
+            "$.models[0].weightless",
+            "must be true, false or a non-empty list of them (got a mapping)",
+        ),
     ]
 
 
@@ -60,8 +77,10 @@ def test_type_errors_name_the_item_type_of_lists() -> None:
 
 def test_enum_lists_choices_and_suggests() -> None:
     assert schema_issues(manifest(builder={"tiling_optimization_level": "Full"})) == [
-        ("$.builder.tiling_optimization_level",
-         "must be one of 'none', 'fast', 'moderate', 'full' (got 'Full'), did you mean 'full'?"),
+        (
+            "$.builder.tiling_optimization_level",
+            "must be one of 'none', 'fast', 'moderate', 'full' (got 'Full'), did you mean 'full'?",
+        ),
     ]
 
 
