@@ -39,6 +39,14 @@ class Survey:
     """Lock entries of cells this run no longer owns: they leave the lock after a full run."""
     shard: str | None = None
     """`K/N` for `--shard`: the lock then holds only this shard's cells."""
+    lock_signature: tuple[int, int, int] | None = None
+    """(inode, size, mtime_ns) of the lockfile as read; None when there was none. Every lock
+    write is a rename onto it, so a rewrite changes the inode even within one mtime tick."""
+
+    def still_current(self) -> bool:
+        """Whether the lockfile is as this survey read it: every build rewrites the lock, so
+        then no other run built anything since, and the survey need not be made again."""
+        return lock_signature(self.lock_path) == self.lock_signature
 
     def buildable_here(self, state: CellState) -> bool:
         return not state.cell.needs_gpu or self.gpu is not None
@@ -83,12 +91,23 @@ def survey(
             chosen = select_cells(plan, patterns)
     lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
     stamps = Stamps.load(plan.manifest.output.resolve())
+    signature = lock_signature(lock_path)
     lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
     owned, shard = owned_cells(scope, plan)
     buildable = [cell for cell in chosen if cell.id in owned]
     fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=verify, force=force)
     removed = tuple(sorted(set(lock.engines) - owned)) if lock and not patterns else ()
-    return Survey(plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard)
+    return Survey(
+        plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature
+    )
+
+
+def lock_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def owned_cells(scope: Scope, plan: Plan) -> tuple[set[str], str | None]:

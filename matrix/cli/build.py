@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             print_noop(state)
         state.stamps.save()
         return 0
-    return build_under_lock(args, state.plan.manifest.output.resolve(), started)
+    return build_under_lock(args, state, started)
 
 
 def scheduler(args: argparse.Namespace) -> str | None:
@@ -215,10 +215,10 @@ def print_pending(state: Survey, out: Any) -> None:
     )
 
 
-def build_under_lock(args: argparse.Namespace, output: Path, started: float) -> int:
-    """Take the output folder's lock, look again (another run may have built meanwhile), build."""
-    with output_lock(output, args.wait):
-        state = survey_for(args)
+def build_under_lock(args: argparse.Namespace, first: Survey, started: float) -> int:
+    """Take the output folder's lock, look again if another run built meanwhile, build."""
+    with output_lock(first.plan.manifest.output.resolve(), args.wait):
+        state = first if first.still_current() else survey_for(args)
         return build_stale(args, state, started)
 
 
