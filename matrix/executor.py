@@ -69,6 +69,8 @@ class RunOptions:
     timeout: float | None = None
     scheduler: str | None = None
     """A Dask scheduler address: build there (`--executor dask`) instead of local workers."""
+    cpu_pool: Any = None
+    """An entered WorkerPool started early for the CPU cells (see `build`), or None."""
 
 
 # ------------------------------------------------------------------------------ the lock
@@ -272,8 +274,12 @@ def _lanes(
     cpu = [job for job in jobs if not job.on_gpu]
     on_gpu = [job for job in jobs if job.on_gpu]
     cpu_jobs = max(1, min(options.jobs, len(cpu)))
+    warm = options.cpu_pool
     lanes: list[tuple[PoolFactory, list[Job]]] = [
-        (lambda: WorkerPool(cpu_jobs, options.timeout).__enter__(), cpu)
+        (
+            lambda: warm if warm is not None else WorkerPool(cpu_jobs, options.timeout).__enter__(),
+            cpu,
+        )
     ]
     if on_gpu and gpu is not None:
         from matrix.gpu import cuda_env
