@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.atomic import write_atomic
+from matrix.cache_dir import cache_dir
 from matrix.facts import ModelFacts, TensorInfo
 from matrix.onnx_inspect import content_digest, inspect_model
 
@@ -31,17 +32,9 @@ RACY_NS = 2_000_000_000
 Stamp = tuple[int, int, int]
 
 
-def default_cache_dir() -> Path:
-    if os.environ.get("RTX_MATRIX_CACHE_DIR"):
-        return Path(os.environ["RTX_MATRIX_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "rtx-matrix"
-    return Path.home() / ".cache" / "rtx-matrix"
-
-
 class FactsCache:
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory if directory is not None else default_cache_dir()
+        self.directory = directory if directory is not None else cache_dir()
 
     def get(self, path: Path) -> ModelFacts:
         """Facts of the model at `path`: cached when its files are unchanged, else inspected.

@@ -9,22 +9,13 @@ loaded without any problem is stamped; the semantic checks always run.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
+from matrix.cache_dir import cache_dir
 from matrix.schemas import schema_text
 
 STAMP_VERSION = b"1"
 """Bump when schema checking itself changes meaning (not for schema edits: they are hashed)."""
-
-
-def cache_dir() -> Path:
-    """The folder `matrix.facts_cache` uses too, spelt here to keep this import cheap."""
-    if os.environ.get("RTX_MATRIX_CACHE_DIR"):
-        return Path(os.environ["RTX_MATRIX_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "rtx-matrix"
-    return Path.home() / ".cache" / "rtx-matrix"
 
 
 def stamp_path(raw: bytes) -> Path:

@@ -1,14 +1,17 @@
-"""Small constructors for frozen objects, so planner tests read as the rule they check."""
+"""Small constructors for frozen objects, so tests read as the rule or behaviour they check."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from matrix.capabilities import parse_cc
 from matrix.facts import FP32, ModelFacts, TensorInfo
+from matrix.jobs import BuildRequest
 from matrix.manifest import (
     CURRENT,
     DEFAULT,
+    BuilderOptions,
     Exclusion,
     InputShape,
     Manifest,
@@ -76,3 +79,20 @@ def manifest(*models: Model, exclude: tuple[Exclusion, ...] = ()) -> Manifest:
         models=models,
         exclude=exclude,
     )
+
+
+def build_request(tmp_path: Path, onnx: Path, name: str = "cell", **fields: Any) -> BuildRequest:
+    """A CPU build request for `onnx` with the engine and log under `tmp_path/engines`."""
+    values: dict[str, Any] = {
+        "cell_id": name,
+        "onnx": str(onnx),
+        "ccs": (),
+        "use_gpu": False,
+        "weightless": False,
+        "options": BuilderOptions(),
+        "profiles": (),
+        "engine_path": str(tmp_path / "engines" / f"{name}.engine"),
+        "log_path": str(tmp_path / "engines" / "logs" / f"{name}.log"),
+    }
+    values.update(fields)
+    return BuildRequest(**values)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,19 +13,11 @@ from matrix.engine_header import read_header, version_tuple
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
 from matrix.manifest import BuilderOptions, InputShape, Profile
 from tests import modelgen
+from tests.factories import build_request as request
 
 BATCH_PROFILE = Profile((InputShape("x", (1, 16), (4, 16), (8, 16)),))
 
 
-def request(tmp_path: Path, onnx: Path, name: str = "cell", **fields: Any) -> BuildRequest:
-    values: dict[str, Any] = {
-        "cell_id": name, "onnx": str(onnx), "ccs": (), "use_gpu": False, "weightless": False,
-        "options": BuilderOptions(), "profiles": (),
-        "engine_path": str(tmp_path / "engines" / f"{name}.engine"),
-        "log_path": str(tmp_path / "engines" / "logs" / f"{name}.log"),
-    }
-    values.update(fields)
-    return BuildRequest(**values)
 
 
 def leftovers(req: BuildRequest) -> list[str]:

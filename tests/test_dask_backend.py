@@ -19,7 +19,7 @@ from matrix.engine_header import read_header  # noqa: E402
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent  # noqa: E402
 from matrix.workers import WorkerPool  # noqa: E402
 from tests import modelgen  # noqa: E402
-from tests.test_workers import request  # noqa: E402
+from tests.factories import build_request as request  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

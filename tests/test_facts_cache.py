@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import matrix.facts_cache as facts_cache
+from matrix.cache_dir import cache_dir
 from matrix.facts import ModelFacts
-from matrix.facts_cache import FactsCache, default_cache_dir
+from matrix.facts_cache import FactsCache
 from matrix.onnx_inspect import ModelFileError, inspect_model
 from tests import modelgen
 
@@ -98,13 +99,13 @@ def test_bad_model_raises_and_is_not_cached(tmp_path: Path) -> None:
 def test_default_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTX_MATRIX_CACHE_DIR", "/x/rtx")
     monkeypatch.setenv("XDG_CACHE_HOME", "/x/xdg")
-    assert default_cache_dir() == Path("/x/rtx")
+    assert cache_dir() == Path("/x/rtx")
     assert FactsCache().directory == Path("/x/rtx")
     monkeypatch.delenv("RTX_MATRIX_CACHE_DIR")
-    assert default_cache_dir() == Path("/x/xdg/rtx-matrix")
+    assert cache_dir() == Path("/x/xdg/rtx-matrix")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", "/x/home")
-    assert default_cache_dir() == Path("/x/home/.cache/rtx-matrix")
+    assert cache_dir() == Path("/x/home/.cache/rtx-matrix")
 
 
 def test_a_hit_does_not_import_onnx(tmp_path: Path) -> None:

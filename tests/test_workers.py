@@ -9,14 +9,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
-from matrix.manifest import BuilderOptions
 from matrix.workers import WorkerPool, _death, _describe_failure
 from tests import modelgen
+from tests.factories import build_request as request
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +31,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def request(tmp_path: Path, onnx: Path, name: str, **fields: Any) -> BuildRequest:
-    values: dict[str, Any] = {
-        "cell_id": name, "onnx": str(onnx), "ccs": (), "use_gpu": False, "weightless": False,
-        "options": BuilderOptions(), "profiles": (),
-        "engine_path": str(tmp_path / "engines" / f"{name}.engine"),
-        "log_path": str(tmp_path / "engines" / "logs" / f"{name}.log"),
-    }
-    values.update(fields)
-    return BuildRequest(**values)
 
 
 def quick_cells(tmp_path: Path, models: dict[str, Path], count: int) -> list[BuildRequest]:
