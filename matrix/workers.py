@@ -142,6 +142,9 @@ class WorkerPool:
             target=self._pump_events, name="rtx-matrix-events", daemon=True
         )
         self._pump.start()
+        # pebble starts its workers on the first schedule(); a no-op task starts them now, so
+        # their ~0.2 s of Python start-up and library import overlaps the caller's own work.
+        self._pool.schedule(_ready)
         return self
 
     def __exit__(
@@ -153,9 +156,11 @@ class WorkerPool:
         self.shutdown()
 
     def submit(self, request: BuildRequest) -> None:
-        """Queue one cell; it starts when a worker is free (also while `results` runs)."""
+        """Queue one cell; it starts at once when a worker is free, else when one frees up
+        (also while `results` runs)."""
         with self._lock:
             self._state.pending.append(request)
+        self._fill()
 
     def cancel_pending(self) -> tuple[BuildRequest, ...]:
         """Queued cells that have not started never start and yield no result; returned so the
@@ -344,6 +349,10 @@ def _init_worker(events: _Channel, env: Mapping[str, str]) -> None:
     # restart the worker forever; failing in the cell instead reports the import error.
     with contextlib.suppress(Exception):
         import matrix.builder  # noqa: F401
+
+
+def _ready() -> None:
+    return None
 
 
 def _build_in_worker(request: BuildRequest) -> BuildResult:

@@ -165,6 +165,20 @@ def test_timeout_fails_only_that_cell_and_replaces_its_worker(tmp_path: Path,
     assert temp_leftovers(tmp_path) == []
 
 
+def test_workers_start_when_the_pool_is_entered(tmp_path: Path, models: dict[str, Path]) -> None:
+    """pebble alone starts its processes on the first task; the pool starts them at once, so
+    their start-up overlaps the caller's planning."""
+    import multiprocessing
+
+    with WorkerPool(jobs=2):
+        deadline = time.monotonic() + 10
+        while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = [p for p in multiprocessing.active_children() if "resource" not in p.name]
+        assert len(workers) == 2
+    assert not any(alive(p.pid) for p in workers if p.pid is not None)
+
+
 def test_cancel_pending_starts_nothing_more(tmp_path: Path, models: dict[str, Path]) -> None:
     cells = quick_cells(tmp_path, models, 4)
     started: list[str] = []
