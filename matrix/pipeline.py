@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matrix.capabilities import CC
-from matrix.plan import Plan
+if TYPE_CHECKING:  # kept out of the import: every command's argument parsing imports this
+    from matrix.capabilities import CC
+    from matrix.plan import Plan
 
 DEFAULT_MANIFEST = "rtx-matrix.yaml"
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix.cli.common import add_manifest_args, scope_of, survey_for
 from matrix.errors import (
@@ -25,10 +25,11 @@ from matrix.errors import (
     Stale,
     UsageError,
 )
-from matrix.executor import Job, Outcome, RunOptions, Status
-from matrix.plan import Cell, Plan
-from matrix.stamps import state_dir
-from matrix.survey import Survey, select_cells
+
+if TYPE_CHECKING:  # the rest is imported where used: see `start_workers_early`
+    from matrix.executor import Outcome
+    from matrix.plan import Cell, Plan
+    from matrix.survey import Survey
 
 
 def add_parser(subparsers: Any) -> None:
@@ -143,38 +144,71 @@ def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     scheduler(args)  # a bad flag combination fails before any work
-    state = survey_for(args)
-    chosen = select_cells(state.plan, scope_of(args).patterns)
-    refuse_rejected(state.plan, chosen, args.skip_rejected)
-    if args.require_gpu and state.skipped:
-        raise GpuError(f"--require-gpu: {len(state.skipped)} cells need a GPU: {state.gpu_missing}")
-    if args.dry_run or args.check:
-        print_pending(state, sys.stdout)
-        if args.check and (state.to_build or state.removed):
-            raise Stale(f"{len(state.to_build) + len(state.removed)} cells out of date")
-        return 0
-    if not needs_writing(state):
-        if not args.quiet:
-            print_noop(state)
-        state.stamps.save()
-        return 0
-    workers = start_workers(args, state)
+    workers = start_workers_early(args)
     try:
+        from matrix.survey import select_cells
+
+        state = survey_for(args)
+        chosen = select_cells(state.plan, scope_of(args).patterns)
+        refuse_rejected(state.plan, chosen, args.skip_rejected)
+        if args.require_gpu and state.skipped:
+            raise GpuError(
+                f"--require-gpu: {len(state.skipped)} cells need a GPU: {state.gpu_missing}"
+            )
+        if args.dry_run or args.check:
+            print_pending(state, sys.stdout)
+            if args.check and (state.to_build or state.removed):
+                raise Stale(f"{len(state.to_build) + len(state.removed)} cells out of date")
+            return 0
+        if not needs_writing(state):
+            if not args.quiet:
+                print_noop(state)
+            state.stamps.save()
+            return 0
+        if workers is None:
+            workers = start_workers(args, state)
         return build_under_lock(args, state, started, workers)
     finally:
         if workers is not None:
             workers.shutdown()  # safe twice: build_jobs shuts the pools it used
 
 
+def start_workers_early(args: argparse.Namespace) -> Any:
+    """Start the CPU workers before the survey when this run will almost surely build: each
+    takes ~0.15 s to start Python and import the library, which then overlaps the parent's
+    imports and planning. Only stat() calls decide, so a no-op run pays nothing for it."""
+    if args.executor != "local" or args.dry_run or args.check or args.pool == "gpu":
+        return None
+    if not (args.force or _lock_older_than_manifest(args)):
+        return None
+    return _worker_pool(args.jobs, args.timeout)
+
+
+def _lock_older_than_manifest(args: argparse.Namespace) -> bool:
+    """No lock yet, or the manifest was edited after the last lock write."""
+    from matrix.pipeline import resolve_manifest
+
+    manifest = resolve_manifest(args.manifest)
+    lock = Path(args.output) if args.output else manifest.with_suffix(".lock")
+    try:
+        return lock.stat().st_mtime_ns < manifest.stat().st_mtime_ns
+    except OSError:
+        return True  # no lock (or no manifest: the survey says so, and the pool is shut)
+
+
 def start_workers(args: argparse.Namespace, state: Survey) -> Any:
-    """Start the CPU workers now: each takes ~0.15 s to start Python and import the library,
-    which then overlaps taking the output lock and preparing the batch."""
+    """Start the CPU workers once the survey shows CPU work, so their start overlaps taking
+    the output lock and preparing the batch."""
     cpu_cells = sum(not s.cell.needs_gpu for s in state.to_build)
     if args.executor != "local" or not cpu_cells:
         return None
+    return _worker_pool(min(args.jobs, cpu_cells), args.timeout)
+
+
+def _worker_pool(jobs: int, timeout: float | None) -> Any:
     from matrix.workers import WorkerPool
 
-    return WorkerPool(max(1, min(args.jobs, cpu_cells)), args.timeout).__enter__()
+    return WorkerPool(max(1, jobs), timeout).__enter__()
 
 
 def scheduler(args: argparse.Namespace) -> str | None:
@@ -243,6 +277,8 @@ def build_under_lock(
 def output_lock(output: Path, wait: float) -> Any:
     import filelock
 
+    from matrix.stamps import state_dir
+
     folder = state_dir(output)
     folder.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(folder / "lock"), timeout=wait)
@@ -278,7 +314,10 @@ def build_stale(
     args: argparse.Namespace, state: Survey, started: float, workers: Any = None
 ) -> int:
     from matrix.executor import (
+        Job,
         LockBook,
+        RunOptions,
+        Status,
         build_jobs,
         lock_header,
         make_request,
@@ -333,6 +372,8 @@ def build_stale(
 
 
 def other_outcomes(state: Survey) -> list[Outcome]:
+    from matrix.executor import Outcome, Status
+
     fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
     skipped = [
         Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")

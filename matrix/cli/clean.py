@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from matrix.lockfile import read_lock
 from matrix.pipeline import DEFAULT_MANIFEST, resolve_manifest
 from matrix.stamps import STATE_DIR, Stamps
 
@@ -31,6 +30,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from matrix.loader import load_manifest
+    from matrix.lockfile import read_lock
 
     manifest = load_manifest(resolve_manifest(args.manifest))
     lock_path = Path(os.path.abspath(args.output or manifest.lock_path))

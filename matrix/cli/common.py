@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from matrix.pipeline import DEFAULT_MANIFEST, resolve_manifest
-from matrix.survey import Scope, Survey, survey
+
+if TYPE_CHECKING:
+    from matrix.survey import Scope, Survey
 
 
 def add_manifest_args(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +19,8 @@ def add_manifest_args(parser: argparse.ArgumentParser) -> None:
 
 
 def scope_of(args: argparse.Namespace) -> Scope:
+    from matrix.survey import Scope
+
     return Scope(
         patterns=tuple(getattr(args, "cells", ()) or ()),
         shard=getattr(args, "shard", None),
@@ -26,6 +31,8 @@ def scope_of(args: argparse.Namespace) -> Scope:
 
 def survey_for(args: argparse.Namespace) -> Survey:
     """`survey` with what this command's arguments say (status has fewer than build)."""
+    from matrix.survey import survey
+
     return survey(
         resolve_manifest(args.manifest),
         scope_of(args),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix.errors import PlanRejected, UsageError
 from matrix.pipeline import DEFAULT_MANIFEST, load_plan, resolve_manifest
-from matrix.plan import Plan
+
+if TYPE_CHECKING:
+    from matrix.plan import Plan
 
 
 def add_parser(subparsers: Any) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix.cli.common import add_manifest_args, survey_for
 from matrix.errors import Stale
-from matrix.freshness import REMOVED, as_json
-from matrix.survey import Survey
+
+if TYPE_CHECKING:
+    from matrix.survey import Survey
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def status_json(state: Survey) -> dict[str, Any]:
+    from matrix.freshness import as_json
+
     data = as_json(state.freshness)
     data["gpu_missing"] = state.gpu_missing
     for cell, fresh in zip(data["cells"], state.freshness.cells, strict=True):
@@ -49,6 +52,8 @@ def status_json(state: Survey) -> dict[str, Any]:
 
 
 def print_status(state: Survey) -> None:
+    from matrix.freshness import REMOVED
+
     for fresh in state.freshness.cells:
         if fresh.stale:
             gpu = ""

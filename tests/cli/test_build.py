@@ -391,3 +391,68 @@ def test_worker_killed_mid_build_fails_only_its_cell(project: Project) -> None:
     assert "FAILED slow@sm86" in out and "SIGKILL" in out
     assert "built b@sm86" in out
     assert assert_lock_matches_disk(project) == {"a@sm86", "a@sm89", "b@sm86"}
+
+
+class StandInPool:
+    """Stands in for the early WorkerPool in tests of the start-early decision only."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.shut = 0
+
+    def shutdown(self) -> None:
+        self.shut += 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "touch", "early"),
+    [
+        ((), "nothing", True),  # no lock yet: a build is certain
+        (("--force",), "lock", True),
+        ((), "lock", False),  # lock written after the manifest: maybe a no-op, find out first
+        ((), "manifest", True),  # manifest edited since the last build
+        (("--dry-run",), "nothing", False),
+        (("--check",), "nothing", False),
+        (("--pool", "gpu"), "nothing", False),
+    ],
+)
+def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool(
+    project: Project,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    touch: str,
+    early: bool,
+) -> None:
+    from matrix.cli import build as build_cli
+    from matrix.cli import make_parser
+
+    if touch in ("lock", "manifest"):
+        project.lock.write_text("{}")
+        stamp = project.manifest.stat().st_mtime_ns
+        newer = project.lock if touch == "lock" else project.manifest
+        os.utime(newer, ns=(stamp + 10**9, stamp + 10**9))
+    monkeypatch.setattr(build_cli, "_worker_pool", lambda jobs, timeout: StandInPool(jobs))
+    args = make_parser().parse_args(["build", "-j3", *flags, str(project.manifest)])
+    pool = build_cli.start_workers_early(args)
+    assert (pool is not None) == early
+    assert pool is None or pool.jobs == 3
+
+
+def test_early_workers_are_shut_when_the_run_builds_nothing(
+    project: Project, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from matrix.cli import build as build_cli
+
+    assert project.build() == 0
+    pools: list[StandInPool] = []
+
+    def stand_in(jobs: int, timeout: float | None) -> StandInPool:
+        pools.append(StandInPool(jobs))
+        return pools[-1]
+
+    monkeypatch.setattr(build_cli, "_worker_pool", stand_in)
+    os.utime(project.lock, ns=(0, 0))  # looks older than the manifest: workers start early
+    capsys.readouterr()
+    assert project.build() == 0
+    assert capsys.readouterr().out == "3 cells up to date\n"
+    assert [p.shut for p in pools] == [1]
