@@ -34,6 +34,17 @@ def write_atomic(path: Path, data: bytes | memoryview | str, *, durable: bool = 
         _fsync_folder(folder)
 
 
+def make_durable(path: Path) -> None:
+    """fsync a file someone else wrote and renamed into place, and its folder: after this, a
+    power loss keeps both its bytes and its name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_folder(path.parent)
+
+
 def _fsync_folder(folder: Path) -> None:
     # Makes the rename itself durable; not possible (nor needed) on every platform.
     try:

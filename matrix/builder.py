@@ -202,29 +202,18 @@ def _write_engine(request: BuildRequest, blob: memoryview) -> tuple[str, int, in
     final = Path(request.engine_path)
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(final)
+    # Not `matrix.atomic.write_atomic`: the header is checked between write and rename. No
+    # fsync here: the parent makes the engine durable before a lock names it (LockBook.add),
+    # while this worker already builds the next cell.
     try:
         with open(temp, "wb") as out:
             sha256 = _write_hashed(out, blob)
-            out.flush()
-            os.fsync(out.fileno())
         mask = _check_header(temp, request)
         os.replace(temp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    _fsync_folder(final.parent)
     return sha256, len(blob), mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The lock will name this engine: make its rename survive a power loss too. (Not
-    # `matrix.atomic.write_atomic`: the header must be checked between write and rename.)
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_hashed(out: IO[bytes], blob: memoryview) -> str:

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from matrix import __version__
-from matrix.atomic import write_atomic
+from matrix.atomic import make_durable, write_atomic
 from matrix.facts import ModelFacts
 from matrix.fingerprint import build_options, plan_stamp
 from matrix.freshness import CellState, relative_posix
@@ -341,11 +341,13 @@ def _drain_pool(run: Run, pool: Any, jobs: list[Job]) -> None:
     start_more()
     for result in pool.results(lambda event: run.messages.put(("event", event))):
         in_flight -= 1
-        outcome = _record(run, by_id[result.cell_id], result)
-        run.messages.put(("outcome", outcome))
-        if outcome.status is Status.FAILED and not run.options.keep_going:
+        if not result.ok and not run.options.keep_going:
             run.stop_starting.set()
-        start_more()
+        start_more()  # before recording: the worker builds on while the lock is written
+        outcome = _record(run, by_id[result.cell_id], result)
+        if outcome.status is Status.FAILED and not run.options.keep_going:
+            run.stop_starting.set()  # also a built engine lost before it could be recorded
+        run.messages.put(("outcome", outcome))
     for job in reversed(waiting):
         run.messages.put(("outcome", Outcome(job.request.cell_id, Status.NOT_STARTED)))
 
@@ -353,6 +355,10 @@ def _drain_pool(run: Run, pool: Any, jobs: list[Job]) -> None:
 def _record(run: Run, job: Job, result: BuildResult) -> Outcome:
     if not result.ok:
         return Outcome(result.cell_id, Status.FAILED, result.seconds, result.error or "failed")
+    try:
+        make_durable(job.state.engine)  # workers don't fsync: no lock may name it before this
+    except OSError as error:
+        return Outcome(result.cell_id, Status.FAILED, result.seconds, f"engine lost: {error}")
     lock_dir = run.book.path.parent.resolve()
     entry = lock_entry(run.plan, job, result, lock_dir, run.gpu)
     run.book.add(result.cell_id, entry, job.state.engine)

@@ -47,3 +47,14 @@ def test_sha256_file_streams_the_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "big"
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_make_durable_syncs_an_existing_file_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    from matrix.atomic import make_durable
+
+    engine = tmp_path / "built.engine"
+    engine.write_bytes(b"engine")
+    make_durable(engine)
+    assert engine.read_bytes() == b"engine"
+    with pytest.raises(FileNotFoundError):
+        make_durable(tmp_path / "gone.engine")

@@ -123,3 +123,15 @@ def test_orchestration_with_fake_builder_keeps_going(monkeypatch: pytest.MonkeyP
     outcomes, pool = drain(keep_going=True, fail={"c1"}, jobs=2)
     assert pool.started == ["c1", "c2", "c3"]
     assert outcomes == [("c1", Status.FAILED), ("c2", Status.BUILT), ("c3", Status.BUILT)]
+
+
+def test_an_engine_gone_before_it_is_recorded_fails_its_cell(tmp_path: Path) -> None:
+    book = LockBook(tmp_path / "m.lock", header(), {}, Stamps.load(tmp_path), None)
+    run = Run(plan=None, book=book, options=RunOptions(), gpu=None)  # type: ignore[arg-type]
+    state = type("State", (), {"engine": tmp_path / "gone.engine"})()
+    job = Job(state=state, request=fake_jobs("c1")[0].request, on_gpu=False)  # type: ignore[arg-type]
+    result = BuildResult("c1", True, 0.5, sha256="0" * 64, size=1, header_mask=1)
+    outcome = executor._record(run, job, result)
+    assert outcome.status is Status.FAILED
+    assert outcome.detail.startswith("engine lost: [Errno 2] No such file or directory")
+    assert not (tmp_path / "m.lock").exists()
