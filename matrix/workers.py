@@ -202,12 +202,12 @@ class WorkerPool:
             in_flight = list(self._state.running.values())
             self._state.running.clear()
             self._state.pending.clear()
+        self._stop.set()  # the event pump winds down while pebble joins its threads
         if pool is not None:
             pool.stop()  # type: ignore[no-untyped-call]
             pool.join()
         for cell in in_flight:  # only now: a live worker could still write its temp file
             _remove_temp_files(cell.request)
-        self._stop.set()
         if self._pump is not None:
             self._pump.join(timeout=1.0)
             self._pump = None
