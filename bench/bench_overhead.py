@@ -1,15 +1,21 @@
 """`rtx-matrix build -j1` against a minimal script calling tensorrt_rtx directly (issue 3).
 
-Both are whole processes building the same N cells (a stack of convolutions, ~0.7 s each,
-no CC set), so interpreter start-up, imports, planning, worker start, logs and lock writes
-all count against rtx-matrix. Target: at most 5 % slower. The two alternate, best of --repeat.
+Both are whole processes building the same N cells (stacks of convolutions, no CC set), so
+interpreter start-up, imports, planning, worker start, logs, fsyncs and lock writes all count
+against rtx-matrix. Target: at most 5 % slower. The two alternate; best of --repeat.
 
-    python bench/bench_overhead.py [--cells 8] [--layers 120] [--repeat 3]
+Each size is split into what the tool adds once per run (wall time outside the builds: for
+rtx-matrix, the wall minus the `build_seconds` its lock records) and what it adds inside each
+cell's build, so the result carries over to other cell sizes: the fixed part is what makes
+the target out of reach for a batch of only a few seconds.
+
+    python bench/bench_overhead.py [--cells 8] [--layers 120 360] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -21,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DIRECT = """
-import sys, tensorrt_rtx as trt
+import sys, time, tensorrt_rtx as trt
 logger = trt.Logger(trt.Logger.WARNING)
 for onnx, engine in zip(sys.argv[1::2], sys.argv[2::2]):
+    started = time.perf_counter()
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -31,12 +38,15 @@ for onnx, engine in zip(sys.argv[1::2], sys.argv[2::2]):
     blob = builder.build_serialized_network(network, builder.create_builder_config())
     with open(engine, "wb") as out:
         out.write(blob)
+    print("cell", time.perf_counter() - started)
 """
+"""The minimal script: one process, one library import, then each build in turn."""
 
 
 def make_project(folder: Path, cells: int, layers: int) -> tuple[Path, list[Path]]:
     from tests import modelgen
 
+    folder.mkdir(parents=True, exist_ok=True)
     models = [
         modelgen.slow_conv_stack(folder / f"m{i}.onnx", layers=layers, seed=i) for i in range(cells)
     ]
@@ -48,41 +58,69 @@ def make_project(folder: Path, cells: int, layers: int) -> tuple[Path, list[Path
     return manifest, models
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    done = subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+    return time.perf_counter() - started, done.stdout
+
+
+def measure(folder: Path, cells: int, layers: int, repeat: int) -> dict[str, float]:
+    manifest, models = make_project(folder, cells, layers)
+    env = {**os.environ, "RTX_MATRIX_CACHE_DIR": str(folder / "cache")}
+    ours = [sys.executable, "-m", "matrix", "build", "-j1", "--force", "-q", str(manifest)]
+    pairs = [str(p) for m in models for p in (m, folder / f"{m.stem}.direct.engine")]
+    direct = [sys.executable, "-c", DIRECT, *pairs]
+    timed(ours, env)  # warms the facts cache and the page cache for both
+    lock = manifest.with_suffix(".lock")
+    mine, theirs, mine_in, theirs_in = [], [], [], []
+    for _ in range(repeat):
+        wall, out = timed(direct, env)
+        theirs.append(wall)
+        theirs_in.append(sum(float(line.split()[1]) for line in out.splitlines()))
+        wall, _ = timed(ours, env)
+        mine.append(wall)
+        engines = json.loads(lock.read_text())["engines"].values()
+        mine_in.append(sum(entry["build_seconds"] for entry in engines))
+    return {
+        "direct": min(theirs),
+        "ours": min(mine),
+        "direct_fixed": min(w - b for w, b in zip(theirs, theirs_in, strict=True)),
+        "ours_fixed": min(w - b for w, b in zip(mine, mine_in, strict=True)),
+        "direct_cell": min(theirs_in) / cells,
+        "ours_cell": min(mine_in) / cells,
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=120)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[120, 360],
+        help="conv layers per model, one run each (default: ~0.35 s and ~1.1 s cells here)",
+    )
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    print(f"{args.cells} cells per run, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    met = True
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        manifest, models = make_project(folder, args.cells, args.layers)
-        env = {**os.environ, "RTX_MATRIX_CACHE_DIR": str(folder / "cache")}
-        ours = [sys.executable, "-m", "matrix", "build", "-j1", "--force", "-q", str(manifest)]
-        pairs = [str(p) for m in models for p in (m, folder / f"{m.stem}.direct.engine")]
-        direct = [sys.executable, "-c", DIRECT, *pairs]
-        timed(ours, env)  # warms the facts cache and the page cache for both
-        mine, theirs = [], []
-        for _ in range(args.repeat):
-            theirs.append(timed(direct, env))
-            mine.append(timed(ours, env))
-    overhead = min(mine) / min(theirs) - 1
-    print(f"{args.cells} cells, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    print(
-        f"  direct tensorrt_rtx script  best {min(theirs):.2f} s  ({[round(t, 2) for t in theirs]})"
-    )
-    print(f"  rtx-matrix build -j1        best {min(mine):.2f} s  ({[round(t, 2) for t in mine]})")
-    print(
-        f"  overhead {overhead * 100:+.1f} % (target <= 5 %):",
-        "met" if overhead <= 0.05 else "MISSED",
-    )
-    return 0 if overhead <= 0.05 else 1
+        for layers in args.layers:
+            m = measure(Path(tmp) / f"l{layers}", args.cells, layers, args.repeat)
+            overhead = m["ours"] / m["direct"] - 1
+            met = met and overhead <= 0.05
+            per_cell = m["ours_cell"] / m["direct_cell"] - 1
+            print(
+                f"  cells of {m['direct_cell']:.2f} s: direct best {m['direct']:.2f} s, "
+                f"rtx-matrix -j1 best {m['ours']:.2f} s: {overhead * 100:+.1f} % "
+                f"({'met' if overhead <= 0.05 else 'MISSED'}, target <= 5 %)"
+            )
+            print(
+                f"    once per run: {m['ours_fixed']:.2f} s outside the builds "
+                f"(direct {m['direct_fixed']:.2f} s); inside each build: {per_cell * 100:+.1f} %"
+            )
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -25,23 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_overhead import DIRECT  # the same minimal script
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-DIRECT = """
-import sys, time, tensorrt_rtx as trt
-logger = trt.Logger(trt.Logger.WARNING)
-for onnx, engine in zip(sys.argv[1::2], sys.argv[2::2]):
-    started = time.perf_counter()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(onnx)
-    blob = builder.build_serialized_network(network, builder.create_builder_config())
-    with open(engine, "wb") as out:
-        out.write(blob)
-    print("cell", time.perf_counter() - started)
-"""
 
 
 def make_models(folder: Path, cells: int, layers: int) -> list[Path]:
