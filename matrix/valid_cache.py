@@ -8,12 +8,16 @@ loaded without any problem is stamped; the semantic checks always run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 from matrix.cache_dir import cache_dir
 from matrix.schemas import schema_text
 
+KEEP = 500
+"""Stamps kept: every edit of a manifest leaves one, so the least recently used go."""
 STAMP_VERSION = b"1"
 """Bump when schema checking itself changes meaning (not for schema edits: they are hashed)."""
 
@@ -27,7 +31,14 @@ def stamp_path(raw: bytes) -> Path:
 
 
 def known_valid(raw: bytes) -> bool:
-    return stamp_path(raw).is_file()
+    path = stamp_path(raw)
+    try:
+        os.utime(path)  # its mtime is its last use: pruning keeps the stamps in use
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return path.is_file()  # a read-only cache still answers
+    return True
 
 
 def remember_valid(raw: bytes) -> None:
@@ -36,5 +47,18 @@ def remember_valid(raw: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
+        prune(path.parent, KEEP)
     except OSError:
         pass
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Delete all but the `keep` most recently used stamps. Runs only after a schema check,
+    which costs far more than listing the folder."""
+    entries = list(os.scandir(folder))
+    if len(entries) <= keep:
+        return
+    entries.sort(key=lambda entry: entry.stat().st_mtime_ns, reverse=True)
+    for entry in entries[keep:]:
+        with contextlib.suppress(FileNotFoundError):  # another run pruned it first
+            os.unlink(entry.path)

@@ -78,3 +78,29 @@ def test_unwritable_cache_is_not_an_error(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "m.yaml"
     path.write_text(GOOD)
     assert load_manifest(path).models[0].name == "m"
+
+
+def test_only_the_most_recently_used_stamps_are_kept(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from matrix import valid_cache
+
+    folder = cache / "valid-manifests"
+    folder.mkdir(parents=True)
+    for i in range(5):  # older stamps, the oldest first
+        (folder / f"old{i}").touch()
+        os.utime(folder / f"old{i}", (1_000_000 + i, 1_000_000 + i))
+    used = tmp_path / "used.yaml"
+    used.write_text(GOOD)
+    load_manifest(used)
+    os.utime(stamp_path(used.read_bytes()), (1, 1))  # stamped long ago ...
+    assert known_valid(used.read_bytes())  # ... but used now
+    new = tmp_path / "new.yaml"
+    new.write_text(GOOD.replace("name: m", "name: n"))
+    monkeypatch.setattr(valid_cache, "KEEP", 4)
+    load_manifest(new)
+    left = sorted(p.name for p in folder.iterdir())
+    kept = [stamp_path(m.read_bytes()).name for m in (used, new)]
+    assert left == sorted([*kept, "old3", "old4"])
