@@ -176,8 +176,12 @@ def run(args: argparse.Namespace) -> int:
 def start_workers_early(args: argparse.Namespace) -> Any:
     """Start the CPU workers before the survey when this run will almost surely build: each
     takes ~0.15 s to start Python and import the library, which then overlaps the parent's
-    imports and planning. Only stat() calls decide, so a no-op run pays nothing for it."""
+    imports and planning. Only stat() calls decide, so a no-op run pays nothing for it.
+    Not beyond one worker per core: how many cells there are is not known yet, and `-j 64`
+    for a two-cell manifest must not start 64 library imports."""
     if args.executor != "local" or args.dry_run or args.check or args.pool == "gpu":
+        return None
+    if args.jobs > (os.cpu_count() or 1):
         return None
     if not (args.force or _lock_older_than_manifest(args)):
         return None

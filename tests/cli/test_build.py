@@ -414,6 +414,7 @@ class StandInPool:
         (("--dry-run",), "nothing", False),
         (("--check",), "nothing", False),
         (("--pool", "gpu"), "nothing", False),
+        (("-j", "4"), "nothing", False),  # more workers than the 3 cores: wait for the plan
     ],
 )
 def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool(
@@ -432,6 +433,7 @@ def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool
         newer = project.lock if touch == "lock" else project.manifest
         os.utime(newer, ns=(stamp + 10**9, stamp + 10**9))
     monkeypatch.setattr(build_cli, "_worker_pool", lambda jobs, timeout: StandInPool(jobs))
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
     args = make_parser().parse_args(["build", "-j3", *flags, str(project.manifest)])
     pool = build_cli.start_workers_early(args)
     assert (pool is not None) == early
