@@ -203,8 +203,8 @@ def _write_engine(request: BuildRequest, blob: memoryview) -> tuple[str, int, in
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(final)
     # Not `matrix.atomic.write_atomic`: the header is checked between write and rename. No
-    # fsync here: the parent makes the engine durable before a lock names it (LockBook.add),
-    # while this worker already builds the next cell.
+    # fsync here: the parent makes the engine durable before a lock names it (executor's
+    # `_record`), while this worker already builds the next cell.
     try:
         with open(temp, "wb") as out:
             sha256 = _write_hashed(out, blob)

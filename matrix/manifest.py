@@ -154,7 +154,7 @@ class Manifest:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_suffix(".lock")
+        return default_lock_path(self.path)
 
     def locate(self, json_path: str) -> Location | None:
         """Where `json_path` stands in the file, or its nearest located ancestor."""
@@ -167,3 +167,8 @@ class Manifest:
                 break
             path = path[:cut]
         return self.locations.get("$")
+
+
+def default_lock_path(manifest_path: Path) -> Path:
+    """`<manifest stem>.lock` beside the manifest."""
+    return manifest_path.with_suffix(".lock")

@@ -190,10 +190,11 @@ def start_workers_early(args: argparse.Namespace) -> Any:
 
 def _lock_older_than_manifest(args: argparse.Namespace) -> bool:
     """No lock yet, or the manifest was edited after the last lock write."""
+    from matrix.manifest import default_lock_path
     from matrix.pipeline import resolve_manifest
 
     manifest = resolve_manifest(args.manifest)
-    lock = Path(args.output) if args.output else manifest.with_suffix(".lock")
+    lock = Path(args.output) if args.output else default_lock_path(manifest)
     try:
         return lock.stat().st_mtime_ns < manifest.stat().st_mtime_ns
     except OSError:
