@@ -193,26 +193,29 @@ def _qdq_activation(
 
 def fp8_qdq_matmul(path: Path, seed: int = 0) -> Path:
     """FLOAT8E4M3FN Q/DQ on the activation and DQ on FP8 weights feeding a MatMul."""
-    rng = _rng(seed)
-    zp = _raw("x_zp", TensorProto.FLOAT8E4M3FN, [], b"\x00")
-    nodes, inits = _qdq_activation(TensorProto.FLOAT8E4M3FN, zp)
+    weights = _raw("wq", TensorProto.FLOAT8E4M3FN, [16, 16], _fp8_e4m3_bytes(_rng(seed), 256))
+    return _qdq_matmul(path, TensorProto.FLOAT8E4M3FN, weights, 0.1, "fp8_qdq_matmul", opset=19)
+
+
+def _qdq_matmul(
+    path: Path, dtype: int, weights: onnx.TensorProto, w_scale: float, name: str, opset: int = 17
+) -> Path:
+    """x [1, 16] -> Q/DQ in `dtype` -> MatMul with `weights` ("wq", 16x16, `dtype`) dequantized."""
+    zp = _raw("x_zp", dtype, [], b"\x00")
+    nodes, inits = _qdq_activation(dtype, zp)
     nodes += [
         helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wd"]),
         helper.make_node("MatMul", ["xd", "wd"], ["y"]),
     ]
-    inits += [
-        _raw("wq", TensorProto.FLOAT8E4M3FN, [16, 16], _fp8_e4m3_bytes(rng, 256)),
-        _f32("w_scale", np.array(0.1)),
-        _raw("w_zp", TensorProto.FLOAT8E4M3FN, [], b"\x00"),
-    ]
+    inits += [weights, _f32("w_scale", np.array(w_scale)), _raw("w_zp", dtype, [], b"\x00")]
     return _save(
         path,
         nodes,
         [_value("x", TensorProto.FLOAT, [1, 16])],
         [_value("y", TensorProto.FLOAT, [1, 16])],
         inits,
-        opset=19,
-        name="fp8_qdq_matmul",
+        opset=opset,
+        name=name,
     )
 
 
@@ -283,26 +286,8 @@ def int8_qdq_conv(path: Path, seed: int = 0) -> Path:
 
 def int8_qdq_matmul(path: Path, seed: int = 0) -> Path:
     """INT8 Q/DQ activation and INT8 weights feeding a MatMul (dequantized to float32)."""
-    rng = _rng(seed)
-    zp = _raw("x_zp", TensorProto.INT8, [], b"\x00")
-    nodes, inits = _qdq_activation(TensorProto.INT8, zp)
-    nodes += [
-        helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wd"]),
-        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
-    ]
-    inits += [
-        _int8_weights(rng, 16, 16),
-        _f32("w_scale", np.array(0.01)),
-        _raw("w_zp", TensorProto.INT8, [], b"\x00"),
-    ]
-    return _save(
-        path,
-        nodes,
-        [_value("x", TensorProto.FLOAT, [1, 16])],
-        [_value("y", TensorProto.FLOAT, [1, 16])],
-        inits,
-        name="int8_qdq_matmul",
-    )
+    weights = _int8_weights(_rng(seed), 16, 16)
+    return _qdq_matmul(path, TensorProto.INT8, weights, 0.01, "int8_qdq_matmul")
 
 
 # --- structure --------------------------------------------------------------------------
