@@ -4,10 +4,9 @@ Same interface as `matrix.workers.WorkerPool` (context manager, `submit`, `resul
 `cancel_pending`), so the executor, progress display and lockfile are the same as local runs.
 
 - Isolation: each Dask worker builds in a child process of its own (one per worker thread,
-  reused across cells). Dask workers are daemonic processes, which `multiprocessing` (and so
-  pebble) refuses to give children; the child is therefore a plain `subprocess` speaking
-  pickled frames on its stdin/stdout. A crash, abort or timeout kills only that child: the
-  cell fails, the Dask worker lives on and starts a fresh child for its next cell.
+  reused across cells): the same `matrix.build_child` process local runs use. A crash, abort
+  or timeout kills only that child: the cell fails, the Dask worker lives on and starts a
+  fresh child for its next cell.
 - Routing: GPU-needing cells (`use_gpu` or `weightless`) ask for the `GPU` resource, so they
   run only on workers started with `--resources GPU=1`. A cell no worker of the cluster can
   run fails at once instead of waiting forever.
@@ -24,13 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import pickle
 import queue
-import signal
-import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,10 +32,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from matrix import build_child
 from matrix.atomic import write_atomic
-from matrix.engine_header import temp_files
 from matrix.errors import UsageError
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
 
@@ -60,8 +53,6 @@ NO_WORKER = "the Dask cluster has no workers"
 _WAIT_FOR_WORKERS = 10.0
 """Seconds a new run waits for a cluster with no workers yet (one still starting up)."""
 _POLL_SECONDS = 0.1
-_STEP_INTERVAL = 0.1
-"""Children forward at most one `step` event per phase this often, as local workers do."""
 
 
 def needs_gpu(request: BuildRequest) -> bool:
@@ -391,14 +382,10 @@ class _Children:
 
 
 class _Child:
-    """One build process: requests in on stdin, events and the result out on stdout."""
+    """One build process (`matrix.build_child`); a thread moves its frames into a queue."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from matrix.dask_backend import child_main; child_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "RTX_MATRIX_PARENT_PID": str(os.getpid())},
-        )
+        self.proc = build_child.spawn()
         self.frames: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         threading.Thread(target=self._read, name="rtx-matrix-child", daemon=True).start()
 
@@ -409,7 +396,7 @@ class _Child:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         while True:
-            frame = _read_frame(self.proc.stdout)
+            frame = build_child.read_frame(self.proc.stdout)
             self.frames.put(frame)
             if frame is None:
                 return
@@ -419,7 +406,7 @@ class _Child:
         started = time.monotonic()
         try:
             assert self.proc.stdin is not None
-            _write_frame(self.proc.stdin, request)
+            build_child.write_frame(self.proc.stdin, request)
         except OSError:
             return self._died(request, started)
         deadline = None if timeout is None else started + timeout
@@ -430,121 +417,18 @@ class _Child:
             except queue.Empty:
                 self.proc.kill()
                 self.proc.wait()
-                return _failed(request, started, f"timed out after {timeout:g} s")
+                return build_child.failed(request, started, f"timed out after {timeout:g} s")
             if frame is None:
                 return self._died(request, started)
             kind, payload = frame
             if kind == "event":
-                publish(payload)
+                publish(asdict(payload))
             else:
                 result: BuildResult = payload
                 return result
 
     def _died(self, request: BuildRequest, started: float) -> BuildResult:
-        return _failed(request, started, _death(self.proc.wait()))
-
-
-def _failed(request: BuildRequest, started: float, error: str) -> BuildResult:
-    _append_to_log(request.log_path, f"rtx-matrix: {error}")
-    for temp in temp_files(request.engine_path):
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-    return BuildResult(request.cell_id, ok=False, seconds=time.monotonic() - started, error=error)
-
-
-def _death(exitcode: int) -> str:
-    # Same wording as the local WorkerPool, so summaries read alike whatever the executor.
-    if exitcode < 0:
-        try:
-            return f"worker died: signal {-exitcode} ({signal.Signals(-exitcode).name})"
-        except ValueError:
-            return f"worker died: signal {-exitcode}"
-    return f"worker died: exit code {exitcode}"
-
-
-def _append_to_log(log_path: str, line: str) -> None:
-    with contextlib.suppress(OSError):
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(line + "\n")
+        return build_child.failed(request, started, build_child.death(self.proc.wait()))
 
 
 _CHILDREN = _Children()
-
-_HEADER = struct.Struct("!I")
-
-
-def _write_frame(stream: IO[bytes], value: object) -> None:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> Any:
-    """The next pickled value, or None at end of stream (the other side is gone)."""
-    header = _read_exactly(stream, _HEADER.size)
-    if header is None:
-        return None
-    body = _read_exactly(stream, _HEADER.unpack(header)[0])
-    return None if body is None else pickle.loads(body)
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-# --- in the child process -----------------------------------------------------------------
-
-
-def child_main() -> None:
-    """Build requests read from stdin until it closes (the Dask worker is gone)."""
-    _die_with_parent()
-    frames = os.fdopen(os.dup(1), "wb")
-    # Whatever the library prints goes to stderr: stdout carries only our frames.
-    os.dup2(2, 1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's business
-    from matrix.builder import build
-
-    while (request := _read_frame(sys.stdin.buffer)) is not None:
-        send = _StepThinner(frames).send
-        _write_frame(frames, ("result", build(request, send)))
-
-
-def _die_with_parent() -> None:
-    """On Linux, die with the Dask worker rather than build on as an orphan after it is killed.
-
-    Without this, a killed worker's child would finish its build unseen before it noticed
-    its closed stdin. (The kernel ties this to the thread that started us; should that
-    thread end first, the idle child dies and `_Children` starts a fresh one.)
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    parent = os.environ.get("RTX_MATRIX_PARENT_PID")
-    if parent is not None and os.getppid() != int(parent):
-        os._exit(0)  # the worker died before we asked to die with it
-
-
-class _StepThinner:
-    def __init__(self, frames: IO[bytes]) -> None:
-        self.frames = frames
-        self.last_step: dict[str, float] = {}
-
-    def send(self, event: ProgressEvent) -> None:
-        if event.kind == "step":
-            now = time.monotonic()
-            if now - self.last_step.get(event.phase, 0.0) < _STEP_INTERVAL:
-                return
-            self.last_step[event.phase] = now
-        _write_frame(self.frames, ("event", asdict(event)))

@@ -1,113 +1,68 @@
-"""Builds cells in reusable worker processes (pebble), one build per worker at a time.
+"""Builds cells in reusable worker processes, one build per worker at a time.
+
+Each worker is a `matrix.build_child` process: it starts straight into the library import,
+and a cell handed to it before it is ready waits in its stdin. The parent never imports
+`tensorrt_rtx`.
 
 Isolation: a worker that crashes, aborts, is killed or runs past the timeout fails only its
-own cell; pebble replaces it and the other cells go on. The parent never imports
-`tensorrt_rtx` (workers start with "spawn", so nothing the library set up is ever forked).
+own cell ("worker died: signal 6 (SIGABRT)", "timed out after 30 s"); the pool starts a new
+worker when it next has a cell to hand out, and the other cells go on.
 
-Threading: `results()` runs in the caller's thread and calls `on_event` from that same
-thread. One daemon thread per pool only moves worker events from the pipe into an in-process
-queue, so a worker never blocks on a full pipe. The event pipe has no lock (see `_Channel`):
-a worker killed while sending cannot block the others.
+Threading: the pool has no threads. `results()` waits on the workers' pipes in the caller's
+thread and calls `on_event` from there. `submit`, `cancel_pending` and `shutdown` may be
+called from other threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import pickle
-import queue
-import select
-import signal
+import selectors
+import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-import pebble
-from pebble.common.types import CONSTS as PEBBLE_CONSTS
-
-from matrix.engine_header import temp_files
+from matrix import build_child
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
 
 EventCallback = Callable[[ProgressEvent], None]
 
-START_METHOD = "spawn"
-"""Measured in bench/bench_workers.py: "spawn" and "forkserver" start a worker equally fast
-here, and spawn keeps the parent free of any fork-safety question."""
-
-_POLL_SECONDS = 0.01
-"""The event pump's poll: joining it at shutdown waits up to this long."""
-_PEBBLE_TICK = 0.02
-"""pebble's manager threads sleep in units of `CONSTS.sleep_unit` (0.1 s) and joining them
-waits out a tick: 0.1 s of every run's fixed cost (bench/bench_overhead.py). Their loops
-only check state on waking, so a shorter tick costs a few idle wake-ups a second."""
-_LENGTH_PREFIX = 4
-"""Bytes `Connection.send_bytes` puts before a message (sent in the same write when small)."""
-_END_EVENT_GRACE = 1.0
-"""How long a finished cell's result waits for its `end` event, so events come first."""
-_STEP_INTERVAL = 0.1
-"""Workers forward at most one `step` event per phase this often: the display needs no more,
-and a small build emits a few hundred steps."""
-
-
-@dataclass(frozen=True)
-class _Channel:
-    """Worker-to-parent event pipe without a lock: each event goes out in one write() of at
-    most PIPE_BUF bytes, which POSIX makes atomic. So writers never interleave, and a worker
-    killed mid-send cannot leave a lock held that would block the other workers forever."""
-
-    reader: Connection
-    writer: Connection
-
-    @classmethod
-    def open(cls, context: Any) -> _Channel:
-        reader, writer = context.Pipe(duplex=False)
-        return cls(reader, writer)
-
-    def send(self, event: ProgressEvent) -> None:
-        data = pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(data) + _LENGTH_PREFIX > select.PIPE_BUF:
-            return  # only an absurdly long cell id or phase name; progress is best effort
-        self.writer.send_bytes(data)
-
-    def receive(self) -> ProgressEvent:
-        event = pickle.loads(self.reader.recv_bytes())
-        assert isinstance(event, ProgressEvent)
-        return event
-
-    def close(self) -> None:
-        self.reader.close()
-        self.writer.close()
+_READ_SIZE = 1 << 16
 
 
 @dataclass
 class _InFlight:
     request: BuildRequest
-    future: Future[BuildResult]
-    submitted: float
+    handed_out: float
     started: float | None = None
-    pid: int = 0
-    ended: bool = False
+    """When the worker said it began: a worker still starting up has not yet."""
+
+    @property
+    def since(self) -> float:
+        return self.handed_out if self.started is None else self.started
 
 
 @dataclass
-class _State:
-    pending: deque[BuildRequest] = field(default_factory=deque)
-    running: dict[str, _InFlight] = field(default_factory=dict)
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    frames: build_child.FrameBuffer = field(default_factory=build_child.FrameBuffer)
+    cell: _InFlight | None = None
+
+    @property
+    def output(self) -> int:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.fileno()
 
 
 class WorkerPool:
     """`jobs` worker processes; `timeout` seconds per build (None: no limit).
 
-    `env` is set in each worker before it builds anything, e.g. CUDA_VISIBLE_DEVICES for a
-    pool bound to one GPU.
+    `env` is set in each worker's environment, e.g. CUDA_VISIBLE_DEVICES for a pool bound to
+    one GPU.
     """
 
     def __init__(
@@ -115,36 +70,26 @@ class WorkerPool:
     ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
-        PEBBLE_CONSTS.sleep_unit = min(PEBBLE_CONSTS.sleep_unit, _PEBBLE_TICK)
         self.jobs = jobs
         self.timeout = timeout
         self.env = dict(env or {})
-        self._state = _State()
-        self._pool: pebble.ProcessPool | None = None
-        self._events: _Channel | None = None
-        self._local: queue.SimpleQueue[ProgressEvent] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._pump: threading.Thread | None = None
+        self._workers: list[_Worker] = []
+        self._pending: deque[BuildRequest] = deque()
         self._lock = threading.Lock()
         self._closed = False
-        self._wake = threading.Event()
+        self._iterating = 0
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_read = self._wake_write = -1
 
     def __enter__(self) -> WorkerPool:
-        context = multiprocessing.get_context(START_METHOD)
-        self._events = _Channel.open(context)
-        self._pool = pebble.ProcessPool(
-            max_workers=self.jobs,
-            initializer=_init_worker,
-            initargs=(self._events, self.env),
-            context=context,
-        )
-        self._pump = threading.Thread(
-            target=self._pump_events, name="rtx-matrix-events", daemon=True
-        )
-        self._pump.start()
-        # pebble starts its workers on the first schedule(); a no-op task starts them now, so
-        # their ~0.2 s of Python start-up and library import overlaps the caller's own work.
-        self._pool.schedule(_ready)
+        # Every worker starts now: their start-up overlaps the caller's own work.
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        with self._lock:
+            for _ in range(self.jobs):
+                self._start_worker()
         return self
 
     def __exit__(
@@ -156,224 +101,212 @@ class WorkerPool:
         self.shutdown()
 
     def submit(self, request: BuildRequest) -> None:
-        """Queue one cell; it starts at once when a worker is free, else when one frees up
-        (also while `results` runs)."""
+        """Queue one cell; it goes to a worker at once when one is free, else when one frees
+        up (while `results` runs)."""
         with self._lock:
-            self._state.pending.append(request)
-        self._fill()
+            if self._selector is None:
+                raise RuntimeError("use WorkerPool as a context manager")
+            self._pending.append(request)
+            self._hand_out()
 
     def cancel_pending(self) -> tuple[BuildRequest, ...]:
-        """Queued cells that have not started never start and yield no result; returned so the
-        caller can report them as not started. Cells already building finish."""
+        """Queued cells that have not gone to a worker never start and yield no result;
+        returned so the caller can report them as not started. Cells in flight finish."""
         with self._lock:
-            cancelled = tuple(self._state.pending)
-            self._state.pending.clear()
+            cancelled = tuple(self._pending)
+            self._pending.clear()
         return cancelled
 
     def results(self, on_event: EventCallback | None = None) -> Iterator[BuildResult]:
         """Yield each result as it finishes until every submitted, uncancelled cell has one.
 
-        `on_event` is called from this iterating thread. Ctrl-C (or any exception) here kills
-        every worker, removes temp files of cells in flight, and propagates. After `shutdown`
-        from another thread the iteration ends, without results for the cells in flight.
+        `on_event` is called from this iterating thread, each cell's `end` before its result.
+        Ctrl-C (or any exception) here kills every worker, removes temp files of cells in
+        flight, and propagates. After `shutdown` from another thread the iteration ends,
+        without results for the cells in flight.
         """
         emit = on_event or _ignore
+        with self._lock:
+            self._iterating += 1
         try:
-            while running := self._fill():
-                # Woken by a worker event or a finished future, so progress shows at once.
-                if not any(f.done() for f in running):
-                    self._wake.wait(_POLL_SECONDS)
-                self._wake.clear()
-                self._deliver_events(emit)
-                for future in [f for f in running if f.done()]:
-                    result = self._finish(future, emit)
-                    if result is not None:
-                        yield result
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._hand_out()
+                    busy = [w for w in self._workers if w.cell is not None]
+                    if not busy:
+                        return
+                    selector = self._selector
+                    assert selector is not None
+                try:
+                    ready = selector.select(self._until_next_timeout(busy))
+                except (OSError, ValueError):
+                    if self._closed:
+                        return
+                    raise
+                for key, _ in ready:
+                    if key.data is None:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_read, _READ_SIZE)
+                    else:
+                        yield from self._read(key.data, emit)
+                yield from self._expire()
         except BaseException:
             self.shutdown()
             raise
+        finally:
+            with self._lock:
+                self._iterating -= 1
+                last_out = self._closed and not self._iterating
+            if last_out:
+                self._close_selector()
 
     def shutdown(self) -> None:
         """Kill every worker, clean up after cells in flight. Safe to call twice, and from
         another thread than the one iterating `results`."""
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-            in_flight = list(self._state.running.values())
-            self._state.running.clear()
-            self._state.pending.clear()
-        self._stop.set()  # the event pump winds down while pebble joins its threads
-        if pool is not None:
-            pool.stop()  # type: ignore[no-untyped-call]
-            pool.join()
-        for cell in in_flight:  # only now: a live worker could still write its temp file
-            _remove_temp_files(cell.request)
-        if self._pump is not None:
-            self._pump.join(timeout=1.0)
-            self._pump = None
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+            workers, self._workers = self._workers, []
+            self._pending.clear()
+            iterating = self._iterating
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.proc.kill()
+        for worker in workers:
+            worker.proc.wait()
+            if worker.cell is not None:  # only now: a live worker could still write it
+                build_child.remove_temp_files(worker.cell.request)
+            _close_pipes(worker.proc)
+        if iterating:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_write, b"!")  # its thread closes the selector
+        else:
+            self._close_selector()
 
     # --- internals ------------------------------------------------------------------------
 
-    def _fill(self) -> list[Future[BuildResult]]:
-        """Hand pebble at most one cell per worker, so the rest stay cancellable here.
-        Returns the futures in flight; none once everything is done or the pool is shut."""
-        with self._lock:
-            if self._closed:
-                return []
-            if self._pool is None:
-                raise RuntimeError("use WorkerPool as a context manager")
-            while self._state.pending and len(self._state.running) < self.jobs:
-                request = self._state.pending.popleft()
-                future = self._pool.schedule(
-                    _build_in_worker, args=(request,), timeout=self.timeout
+    def _start_worker(self) -> _Worker:
+        assert self._selector is not None
+        worker = _Worker(build_child.spawn(self.env))
+        self._selector.register(worker.output, selectors.EVENT_READ, worker)
+        self._workers.append(worker)
+        return worker
+
+    def _hand_out(self) -> None:
+        """Give each idle worker a cell (holding the lock). Workers lost earlier are
+        replaced only now, when there is a cell for them."""
+        if self._closed:
+            return
+        while self._pending:
+            worker = next((w for w in self._workers if w.cell is None), None)
+            if worker is None:
+                if len(self._workers) >= self.jobs:
+                    return
+                worker = self._start_worker()
+            request = self._pending.popleft()
+            if not _send(worker, request):
+                # Lost while idle: a fresh worker takes the cell. Should that one be gone
+                # too, its end of stream fails the cell with its exit code.
+                self._drop(worker)
+                worker = self._start_worker()
+                _send(worker, request)
+            worker.cell = _InFlight(request, time.monotonic())
+
+    def _drop(self, worker: _Worker) -> None:
+        """Forget a worker that cannot take a cell (holding the lock)."""
+        self._workers.remove(worker)
+        assert self._selector is not None
+        self._selector.unregister(worker.output)
+        with contextlib.suppress(OSError):
+            worker.proc.kill()
+        worker.proc.wait()
+        _close_pipes(worker.proc)
+
+    def _read(self, worker: _Worker, emit: EventCallback) -> Iterator[BuildResult]:
+        try:
+            chunk = os.read(worker.output, _READ_SIZE)
+        except (OSError, ValueError):
+            chunk = b""
+        if self._closed:
+            return
+        if not chunk:
+            code = self._retire(worker)
+            if worker.cell is not None:
+                yield build_child.failed(
+                    worker.cell.request, worker.cell.since, build_child.death(code)
                 )
-                future.add_done_callback(lambda _: self._wake.set())
-                self._state.running[request.cell_id] = _InFlight(request, future, time.monotonic())
-            return [cell.future for cell in self._state.running.values()]
+            return
+        for kind, payload in worker.frames.feed(chunk):
+            cell = worker.cell
+            if kind == "event":
+                if payload.kind == "start" and cell is not None:
+                    cell.started = time.monotonic()
+                emit(payload)
+            else:
+                with self._lock:
+                    worker.cell = None  # the caller decides whether more cells start
+                yield payload
 
-    def _pump_events(self) -> None:
-        # poll() with a timeout, so `shutdown` can end this thread without writing to the pipe.
-        events, stop = self._events, self._stop
-        assert events is not None
-        while not stop.is_set():
-            try:
-                if events.reader.poll(_POLL_SECONDS):
-                    self._local.put(events.receive())
-                    self._wake.set()
-            except (EOFError, OSError):
-                return
+    def _expire(self) -> Iterator[BuildResult]:
+        if self.timeout is None:
+            return
+        now = time.monotonic()
+        for worker in list(self._workers):
+            cell = worker.cell
+            if cell is not None and now - cell.since >= self.timeout:
+                with contextlib.suppress(OSError):
+                    worker.proc.kill()
+                self._retire(worker)
+                yield build_child.failed(
+                    cell.request, cell.since, f"timed out after {self.timeout:g} s"
+                )
 
-    def _deliver_events(self, emit: EventCallback) -> None:
-        while True:
-            try:
-                event = self._local.get_nowait()
-            except queue.Empty:
-                return
-            with self._lock:
-                cell = self._state.running.get(event.cell_id)
-            if cell is not None:
-                if event.kind == "start":
-                    cell.started, cell.pid = time.monotonic(), event.pid
-                elif event.kind == "end":
-                    cell.ended = True
-            emit(event)
-
-    def _finish(self, future: Future[BuildResult], emit: EventCallback) -> BuildResult | None:
-        with self._lock:
-            cell = next((c for c in self._state.running.values() if c.future is future), None)
-        if cell is None:  # shut down meanwhile
+    def _until_next_timeout(self, busy: list[_Worker]) -> float | None:
+        if self.timeout is None:
             return None
-        try:
-            result = future.result()
-        except BaseException as error:  # the worker's failure is this cell's failure only
-            result = self._failure(cell, _describe_failure(error, self.timeout))
-        else:
-            self._await_end_event(cell, emit)
+        since = min(w.cell.since for w in busy if w.cell is not None)
+        return max(0.0, since + self.timeout - time.monotonic())
+
+    def _retire(self, worker: _Worker) -> int:
+        """Forget a worker whose output ended; its exit code."""
         with self._lock:
-            self._state.running.pop(cell.request.cell_id, None)
-        return result
+            if worker in self._workers:
+                self._workers.remove(worker)
+            if self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(worker.output)
+        code = worker.proc.wait()
+        _close_pipes(worker.proc)
+        return code
 
-    def _await_end_event(self, cell: _InFlight, emit: EventCallback) -> None:
-        # The result and the events travel on different pipes; keep "end" before the result.
-        deadline = time.monotonic() + _END_EVENT_GRACE
-        while not cell.ended and time.monotonic() < deadline:
-            self._wake.wait(0.002)
-            self._wake.clear()
-            self._deliver_events(emit)
-
-    def _failure(self, cell: _InFlight, error: str) -> BuildResult:
-        _remove_temp_files(cell.request)
-        _append_to_log(cell.request.log_path, f"rtx-matrix: {error}")
-        began = cell.started if cell.started is not None else cell.submitted
-        return BuildResult(
-            cell_id=cell.request.cell_id, ok=False, seconds=time.monotonic() - began, error=error
-        )
-
-
-def _describe_failure(error: BaseException, timeout: float | None) -> str:
-    if isinstance(error, pebble.ProcessExpired):
-        return _death(error.exitcode)
-    if isinstance(error, TimeoutError):
-        return f"timed out after {_seconds(timeout)} s"
-    return " ".join(f"worker error: {type(error).__name__}: {error}".split())
+    def _close_selector(self) -> None:
+        with self._lock:
+            selector, self._selector = self._selector, None
+            fds = (self._wake_read, self._wake_write)
+            self._wake_read = self._wake_write = -1
+        if selector is not None:
+            selector.close()
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
-def _death(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            return f"worker died: signal {-exitcode}"
-        return f"worker died: signal {-exitcode} ({name})"
-    return f"worker died: exit code {exitcode}"
+def _send(worker: _Worker, request: BuildRequest) -> bool:
+    try:
+        assert worker.proc.stdin is not None
+        build_child.write_frame(worker.proc.stdin, request)
+    except OSError:
+        return False
+    return True
 
 
-def _seconds(value: float | None) -> str:
-    return "?" if value is None else f"{value:g}"
-
-
-def _remove_temp_files(request: BuildRequest) -> None:
-    for path in temp_files(request.engine_path):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _append_to_log(log_path: str, line: str) -> None:
-    with contextlib.suppress(OSError):
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(line + "\n")
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _ignore(event: ProgressEvent) -> None:
     del event
-
-
-# --- inside a worker process --------------------------------------------------------------
-
-_worker_events: _Channel | None = None
-
-
-def _init_worker(events: _Channel, env: Mapping[str, str]) -> None:
-    global _worker_events
-    _worker_events = events
-    os.environ.update(env)
-    # pebble ignores Ctrl-C in workers (the parent handles it) and turns SIGTERM into a Python
-    # handler, which cannot run while the library builds: a timed-out build would live on for
-    # pebble's 3 s grace. Dying at once is safe: the parent removes the cell's temp files.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Pay the library import before the first cell. A failing initializer would make pebble
-    # restart the worker forever; failing in the cell instead reports the import error.
-    with contextlib.suppress(Exception):
-        import matrix.builder  # noqa: F401
-
-
-def _ready() -> None:
-    return None
-
-
-def _build_in_worker(request: BuildRequest) -> BuildResult:
-    from matrix.builder import build
-
-    return build(request, _Forwarder(_worker_events).send)
-
-
-class _Forwarder:
-    """Sends events to the parent, thinning `step` events to one per phase per interval."""
-
-    def __init__(self, events: _Channel | None) -> None:
-        self.events = events
-        self.last_step: dict[str, float] = {}
-
-    def send(self, event: ProgressEvent) -> None:
-        if self.events is None:
-            return
-        if event.kind == "step":
-            now = time.monotonic()
-            if now - self.last_step.get(event.phase, 0.0) < _STEP_INTERVAL:
-                return
-            self.last_step[event.phase] = now
-        self.events.send(event)

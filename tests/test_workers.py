@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from matrix.build_child import death, describe_error
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
-from matrix.workers import WorkerPool, _death, _describe_failure
+from matrix.workers import WorkerPool
 from tests import modelgen
 from tests.factories import build_request as request
 
@@ -165,18 +166,48 @@ def test_timeout_fails_only_that_cell_and_replaces_its_worker(tmp_path: Path,
     assert temp_leftovers(tmp_path) == []
 
 
-def test_workers_start_when_the_pool_is_entered(tmp_path: Path, models: dict[str, Path]) -> None:
-    """pebble alone starts its processes on the first task; the pool starts them at once, so
-    their start-up overlaps the caller's planning."""
-    import multiprocessing
+def children() -> list[int]:
+    task = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children")
+    return [int(pid) for pid in task.read_text().split()]
 
+
+def test_workers_start_when_the_pool_is_entered(tmp_path: Path, models: dict[str, Path]) -> None:
+    """Before any cell is submitted, so their start-up overlaps the caller's planning."""
+    before = set(children())
     with WorkerPool(jobs=2):
-        deadline = time.monotonic() + 10
-        while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:
+        workers = [pid for pid in children() if pid not in before]
+        assert len(workers) == 2 and all(alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_a_worker_lost_while_idle_is_replaced_for_the_next_cell(
+        tmp_path: Path, models: dict[str, Path]) -> None:
+    before = set(children())
+    with WorkerPool(jobs=1) as pool:
+        (idle,) = [pid for pid in children() if pid not in before]
+        os.kill(idle, signal.SIGKILL)
+        while alive(idle):  # dead, not dying: a cell handed out meanwhile would fail with it
             time.sleep(0.01)
-        workers = [p for p in multiprocessing.active_children() if "resource" not in p.name]
-        assert len(workers) == 2
-    assert not any(alive(p.pid) for p in workers if p.pid is not None)
+        pool.submit(quick_cells(tmp_path, models, 1)[0])
+        results = list(pool.results())
+    assert [(r.cell_id, r.ok, r.error) for r in results] == [("conv0", True, None)]
+
+
+def test_a_library_that_fails_to_import_fails_each_cell_with_its_error(
+        tmp_path: Path, models: dict[str, Path]) -> None:
+    # A `tensorrt_rtx` ahead of the real one on the path stands for a broken install.
+    broken = tmp_path / "broken" / "tensorrt_rtx"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libnvinfer missing')\n")
+    with WorkerPool(jobs=1, env={"PYTHONPATH": str(broken.parent)}) as pool:
+        for cell in quick_cells(tmp_path, models, 2):
+            pool.submit(cell)
+        results = list(pool.results())
+    error = "worker error: ImportError: libnvinfer missing"
+    assert [(r.cell_id, r.ok, r.error) for r in results] == [
+        ("conv0", False, error), ("conv1", False, error)]
+    log = (tmp_path / "engines" / "logs" / "conv1.log").read_text()
+    assert log == f"rtx-matrix: {error}\n"
 
 
 def test_cancel_pending_starts_nothing_more(tmp_path: Path, models: dict[str, Path]) -> None:
@@ -255,12 +286,10 @@ def test_shutdown_from_another_thread_ends_the_iteration(tmp_path: Path,
 
 
 def test_worker_failures_read_as_one_line() -> None:
-    assert _death(-9) == "worker died: signal 9 (SIGKILL)"
-    assert _death(-11) == "worker died: signal 11 (SIGSEGV)"
-    assert _death(3) == "worker died: exit code 3"
-    assert _describe_failure(TimeoutError("Task timeout", 30), 30.0) == "timed out after 30 s"
-    assert (_describe_failure(ValueError("bad\nthing"), None)
-            == "worker error: ValueError: bad thing")
+    assert death(-9) == "worker died: signal 9 (SIGKILL)"
+    assert death(-11) == "worker died: signal 11 (SIGSEGV)"
+    assert death(3) == "worker died: exit code 3"
+    assert describe_error(ValueError("bad\nthing")) == "worker error: ValueError: bad thing"
 
 
 def test_jobs_must_be_positive() -> None:

@@ -139,7 +139,8 @@ def test_noop_run_imports_no_heavy_library(project: Project) -> None:
     )
     assert result.stdout == "3 cells up to date\n"
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
-    assert not imported & {"tensorrt_rtx", "onnx", "rich", "filelock", "pebble", "jsonschema"}
+    heavy = {"tensorrt_rtx", "onnx", "rich", "filelock", "jsonschema", "importlib.metadata"}
+    assert not imported & {*heavy, "matrix.workers"}
 
 
 def test_corrupt_lock_is_one_error_line(project: Project, capsys: Any) -> None:
@@ -346,7 +347,7 @@ def worker_pids(parent: int) -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == parent and b"resource_tracker" not in cmdline:
+        if int(fields[1]) == parent and b"build_child" in cmdline:
             pids.append(int(stat.parent.name))
     return pids
 
@@ -378,6 +379,31 @@ def test_kill_9_leaves_a_valid_lock(project: Project, capsys: Any) -> None:
     assert project.build() == 0
     assert built_cells(capsys.readouterr().out) == ["b@sm86", "slow@sm86"]
     assert not list(project.engines.rglob("*.tmp*"))
+
+
+def test_workers_die_with_a_killed_run(project: Project) -> None:
+    """Only the parent is killed: its worker must not build on unseen as an orphan."""
+    slow_project(project)
+    process = start_build(project)
+    wait_for_slow_build(project, process)
+    workers = worker_pids(process.pid)
+    assert len(workers) == 1
+    process.kill()
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while running(workers[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(workers[0])
+    assert not project.engine("slow@sm86").exists()
+
+
+def running(pid: int) -> bool:
+    """Not gone and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_worker_killed_mid_build_fails_only_its_cell(project: Project) -> None:
