@@ -66,7 +66,11 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def measure(folder: Path, cells: int, layers: int, repeat: int) -> dict[str, float]:
     manifest, models = make_project(folder, cells, layers)
+    # As a user runs it: pip compiles the package's bytecode at install, and an editable install
+    # caches it on first use. PYTHONDONTWRITEBYTECODE (set in some sandboxes) would instead
+    # recompile every module on every run and time the compiler.
     env = {**os.environ, "RTX_MATRIX_CACHE_DIR": str(folder / "cache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     ours = [sys.executable, "-m", "matrix", "build", "-j1", "--force", "-q", str(manifest)]
     pairs = [str(p) for m in models for p in (m, folder / f"{m.stem}.direct.engine")]
     direct = [sys.executable, "-c", DIRECT, *pairs]

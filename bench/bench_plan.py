@@ -68,6 +68,7 @@ def main() -> int:
         folder = Path(tmp)
         manifest = write_project(folder, args.models)
         env = {**os.environ, "RTX_MATRIX_CACHE_DIR": str(folder / "cache")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # timed as installed: see bench_overhead.py
         base = [sys.executable, "-m", "matrix", "plan", str(manifest), "--skip-rejected"]
         time_run([*base, "--json"], env)  # warms the facts and manifest caches
         cells = len(MODEL_TARGETS) * 2 * args.models
