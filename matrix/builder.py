@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,6 @@ from matrix.manifest import BuilderOptions, Profile
 ProgressCallback = Callable[[ProgressEvent], None]
 
 _CHUNK = 1 << 20
-_LOG_FLUSH_SECONDS = 0.5
 _TILING = {
     "none": "NONE",
     "fast": "FAST",
@@ -72,10 +73,10 @@ def _failed(request: BuildRequest, started: float, error: str) -> BuildResult:
 
 def _build_engine(request: BuildRequest, log: _BuildLog,
                   emit: ProgressCallback) -> tuple[str, int, int]:
-    builder = trt.Builder(log)
+    builder = trt.Builder(_LIBRARY_LOG)
     network = builder.create_network(0)
     # The parser reads external data relative to the model's folder, so it gets the path.
-    parser = trt.OnnxParser(network, log)
+    parser = trt.OnnxParser(network, _LIBRARY_LOG)
     if not parser.parse_from_file(request.onnx):
         raise BuildError(_parser_error(parser, log))
     config = builder.create_builder_config()
@@ -244,61 +245,57 @@ def _check_header(temp: Path, request: BuildRequest) -> int:
 # --- library callbacks --------------------------------------------------------------------
 
 
-class _BuildLog(trt.ILogger):  # type: ignore[misc]
-    """Library messages from INFO up to the cell's log file; remembers the last error.
+_LIBRARY_LOG = trt.Logger(trt.Logger.INFO)
+"""The library's own logger, from INFO up, printing to stdout, which `_BuildLog` points at the
+cell's log file during a build. Not a Python `ILogger`: that is called for every message,
+VERBOSE too (~5,000 per small build, 99.5 % of them), each a call into Python that cost
+1-2 % of the build time (bench/bench_overhead.py); this one filters them out in C++."""
 
-    VERBOSE is left out: it is 99.5 % of the ~5,000 messages of even a tiny build, internal
-    detail no user reads, and formatting it cost ~5 % of a small build's time."""
+_ERROR_LINE = re.compile(r"^\[[^]\n]*\] \[TRT\] \[[EF]\] (.*?)(?=^\[|\Z)", re.MULTILINE | re.DOTALL)
+"""An ERROR or INTERNAL_ERROR message in the library's log format, up to the next message."""
+
+
+class _BuildLog:
+    """The cell's log file, and the process's stdout pointed at it while the library builds.
+
+    Each library message is written out when logged, so a worker killed mid-build still
+    leaves everything up to that moment. One build at a time per process: stdout is shared.
+    """
 
     def __init__(self, path: str) -> None:
-        trt.ILogger.__init__(self)
         self.path = Path(path)
-        self.last_error: str | None = None
-        self._file: IO[str] | None = None
-        self._flushed = time.monotonic()
+        self._fd = -1
+        self._stdout = -1
 
     def __enter__(self) -> _BuildLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Block-buffered (a line-buffered write per message costs ~10 % of a small build),
-        # flushed on warnings and errors and every half second: a worker killed mid-build
-        # still leaves what matters.
-        self._file = open(self.path, "w", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        self._fd = os.open(self.path, flags, 0o666)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # what Python printed before belongs where it was headed
+        self._stdout = os.dup(1)
+        os.dup2(self._fd, 1)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        os.dup2(self._stdout, 1)
+        os.close(self._stdout)
+        os.close(self._fd)
 
-    def log(self, severity: Any, msg: str) -> None:
-        if severity.value == _VERBOSE:  # thousands of calls per build: the cheapest test first
-            return
-        name = _SEVERITY_NAMES.get(severity)
-        if name is None or name in ("ERROR", "INTERNAL_ERROR"):
-            self.last_error = _one_line(msg)
-        self.note(f"[{name or severity}] {msg}", flush=name != "INFO")
+    @property
+    def last_error(self) -> str | None:
+        """The last error the library logged in this build, as one line."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        errors = _ERROR_LINE.findall(text)
+        return _one_line(errors[-1]) if errors else None
 
-    def note(self, line: str, flush: bool = True) -> None:
-        # Never raise into the library's C++ caller: a full disk loses log lines, not the cell.
-        if self._file is None:
-            return
+    def note(self, line: str) -> None:
+        # Never raise into the build: a full disk loses log lines, not the cell.
         with contextlib.suppress(OSError):
-            self._file.write(line)
-            self._file.write("\n")
-            now = time.monotonic()
-            if flush or now - self._flushed > _LOG_FLUSH_SECONDS:
-                self._file.flush()
-                self._flushed = now
-
-
-_VERBOSE = int(trt.ILogger.VERBOSE)
-_SEVERITY_NAMES = {
-    trt.ILogger.INTERNAL_ERROR: "INTERNAL_ERROR",
-    trt.ILogger.ERROR: "ERROR",
-    trt.ILogger.WARNING: "WARNING",
-    trt.ILogger.INFO: "INFO",
-    trt.ILogger.VERBOSE: "VERBOSE",
-}
+            os.write(self._fd, f"{line}\n".encode())
 
 
 class _Progress(trt.IProgressMonitor):  # type: ignore[misc]

@@ -203,9 +203,20 @@ def test_log_file_has_info_and_up_with_severity_and_no_verbose_noise(
     req = request(tmp_path, models["conv"])
     assert build(req).ok
     log = Path(req.log_path).read_text()
-    assert "[INFO] Input filename:" in log
-    assert "[INFO] Engine generation completed" in log
-    assert "[VERBOSE]" not in log
+    assert "] [TRT] [I] Input filename:" in log
+    assert "] [TRT] [I] Engine generation completed" in log
+    assert "] [TRT] [V] " not in log
+
+
+def test_stdout_is_the_log_only_during_the_build(tmp_path: Path, models: dict[str, Path],
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    req = request(tmp_path, models["conv"])
+    print("before", flush=True)
+    assert build(req).ok
+    print("after", flush=True)
+    assert capfd.readouterr().out == "before\nafter\n"
+    log = Path(req.log_path).read_text()
+    assert "before" not in log and "after" not in log and "Input filename:" in log
 
 
 def test_current_gpu_without_a_gpu_fails_with_the_library_text(
