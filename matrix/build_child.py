@@ -10,7 +10,9 @@ cell's `end` event always arrives before its result.
 Why not `multiprocessing` (or pebble on top of it): a spawned worker first re-imports
 `multiprocessing` and pebble (~85 ms here) and the parent must import them before it can
 start one. A plain child starts straight into the library import, which is what every run
-waits for before its first build (bench/bench_overhead.py).
+waits for before its first build (bench/bench_overhead.py). It is started with
+`os.posix_spawn`, not `subprocess`, whose import alone takes ~10 ms: `build` starts its
+first worker before parsing its arguments (`matrix.cli.head_start`).
 
 Importing this module is cheap: the library is imported only inside the child.
 """
@@ -22,15 +24,13 @@ import os
 import pickle
 import signal
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from matrix.engine_header import temp_files
-from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
+if TYPE_CHECKING:
+    from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
 
 STEP_INTERVAL = 0.1
 """A child forwards at most one `step` event per phase this often: the display needs no
@@ -46,14 +46,61 @@ _CHILD_CODE = (
 )
 
 
-def spawn(env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start one worker; `env` is added to this process's environment for it."""
-    return subprocess.Popen(
-        [sys.executable, "-c", _CHILD_CODE],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, **(env or {}), _PARENT_PID: str(os.getpid())},
-    )
+class Child:
+    """A running worker: requests go to its stdin, frames come from its stdout."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        """Start one worker; `env` is added to this process's environment for it."""
+        request_in, request_out = os.pipe()  # both non-inheritable: only the dup2 copies are
+        reply_in, reply_out = os.pipe()
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-c", _CHILD_CODE],
+                {**os.environ, **(env or {}), _PARENT_PID: str(os.getpid())},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, request_in, 0),
+                    (os.POSIX_SPAWN_DUP2, reply_out, 1),
+                ],
+            )
+        except BaseException:
+            for fd in (request_out, reply_in):
+                os.close(fd)
+            raise
+        finally:
+            os.close(request_in)
+            os.close(reply_out)
+        self.requests: IO[bytes] = os.fdopen(request_out, "wb")
+        self.replies = reply_in
+        """The read end of its frames, for `os.read` or `os.fdopen`."""
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def poll(self) -> int | None:
+        """Its exit code once it ended (minus the signal that killed it), else None."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self) -> None:
+        """Close both pipes (after `wait`: a live child then sees the end of its input)."""
+        with contextlib.suppress(OSError):
+            self.requests.close()
+        with contextlib.suppress(OSError):
+            os.close(self.replies)
+        self.replies = -1
 
 
 # --- frames --------------------------------------------------------------------------------
@@ -124,12 +171,16 @@ def describe_error(error: BaseException) -> str:
 def failed(request: BuildRequest, started: float, error: str) -> BuildResult:
     """The result of a cell whose build never finished: its log says why, and any temporary
     engine a killed worker left behind is removed (call only once the worker is gone)."""
+    from matrix.jobs import BuildResult
+
     _append_to_log(request.log_path, f"rtx-matrix: {error}")
     remove_temp_files(request)
     return BuildResult(request.cell_id, ok=False, seconds=time.monotonic() - started, error=error)
 
 
 def remove_temp_files(request: BuildRequest) -> None:
+    from matrix.engine_header import temp_files
+
     for path in temp_files(request.engine_path):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -137,7 +188,7 @@ def remove_temp_files(request: BuildRequest) -> None:
 
 def _append_to_log(log_path: str, line: str) -> None:
     with contextlib.suppress(OSError):
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(line + "\n")
 

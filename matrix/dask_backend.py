@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import queue
 import tempfile
 import threading
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from matrix import build_child
 from matrix.atomic import write_atomic
@@ -385,18 +386,20 @@ class _Child:
     """One build process (`matrix.build_child`); a thread moves its frames into a queue."""
 
     def __init__(self) -> None:
-        self.proc = build_child.spawn()
+        self.proc = build_child.Child()
         self.frames: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._read, name="rtx-matrix-child", daemon=True).start()
+        replies = os.fdopen(self.proc.replies, "rb", closefd=False)
+        threading.Thread(
+            target=self._read, args=(replies,), name="rtx-matrix-child", daemon=True
+        ).start()
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
+    def _read(self, replies: IO[bytes]) -> None:
         while True:
-            frame = build_child.read_frame(self.proc.stdout)
+            frame = build_child.read_frame(replies)
             self.frames.put(frame)
             if frame is None:
                 return
@@ -405,21 +408,19 @@ class _Child:
               publish: Callable[[dict[str, Any]], None]) -> BuildResult:
         started = time.monotonic()
         try:
-            assert self.proc.stdin is not None
-            build_child.write_frame(self.proc.stdin, request)
+            build_child.write_frame(self.proc.requests, request)
         except OSError:
-            return self._died(request, started)
+            return self._died(request, started, reader_done=False)
         deadline = None if timeout is None else started + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 frame = self.frames.get(timeout=remaining)
             except queue.Empty:
-                self.proc.kill()
-                self.proc.wait()
+                self._end(reader_done=False)
                 return build_child.failed(request, started, f"timed out after {timeout:g} s")
             if frame is None:
-                return self._died(request, started)
+                return self._died(request, started, reader_done=True)
             kind, payload = frame
             if kind == "event":
                 publish(asdict(payload))
@@ -427,8 +428,18 @@ class _Child:
                 result: BuildResult = payload
                 return result
 
-    def _died(self, request: BuildRequest, started: float) -> BuildResult:
-        return build_child.failed(request, started, build_child.death(self.proc.wait()))
+    def _died(self, request: BuildRequest, started: float, reader_done: bool) -> BuildResult:
+        return build_child.failed(request, started, build_child.death(self._end(reader_done)))
+
+    def _end(self, reader_done: bool) -> int:
+        """Kill the child (if still alive), let the reader see the end, close the pipes."""
+        self.proc.kill()
+        code = self.proc.wait()
+        with contextlib.suppress(queue.Empty):
+            while not reader_done:
+                reader_done = self.frames.get(timeout=1.0) is None
+        self.proc.close()
+        return code
 
 
 _CHILDREN = _Children()

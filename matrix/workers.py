@@ -18,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -48,31 +47,37 @@ class _InFlight:
 
 @dataclass
 class _Worker:
-    proc: subprocess.Popen[bytes]
+    proc: build_child.Child
     frames: build_child.FrameBuffer = field(default_factory=build_child.FrameBuffer)
     cell: _InFlight | None = None
 
     @property
     def output(self) -> int:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.fileno()
+        return self.proc.replies
 
 
 class WorkerPool:
     """`jobs` worker processes; `timeout` seconds per build (None: no limit).
 
     `env` is set in each worker's environment, e.g. CUDA_VISIBLE_DEVICES for a pool bound to
-    one GPU.
+    one GPU. `started`: workers already running (at most `jobs`), started with the same `env`.
     """
 
     def __init__(
-        self, jobs: int, timeout: float | None = None, env: Mapping[str, str] | None = None
+        self,
+        jobs: int,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        started: Sequence[build_child.Child] = (),
     ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
+        if len(started) > jobs:
+            raise ValueError(f"{len(started)} workers started for a pool of {jobs}")
         self.jobs = jobs
         self.timeout = timeout
         self.env = dict(env or {})
+        self._started = list(started)
         self._workers: list[_Worker] = []
         self._pending: deque[BuildRequest] = deque()
         self._lock = threading.Lock()
@@ -88,7 +93,10 @@ class WorkerPool:
         os.set_blocking(self._wake_write, False)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         with self._lock:
-            for _ in range(self.jobs):
+            for child in self._started:
+                self._add(child)
+            self._started.clear()
+            while len(self._workers) < self.jobs:
                 self._start_worker()
         return self
 
@@ -171,13 +179,12 @@ class WorkerPool:
             self._pending.clear()
             iterating = self._iterating
         for worker in workers:
-            with contextlib.suppress(OSError):
-                worker.proc.kill()
+            worker.proc.kill()
         for worker in workers:
             worker.proc.wait()
             if worker.cell is not None:  # only now: a live worker could still write it
                 build_child.remove_temp_files(worker.cell.request)
-            _close_pipes(worker.proc)
+            worker.proc.close()
         if iterating:
             with contextlib.suppress(OSError):
                 os.write(self._wake_write, b"!")  # its thread closes the selector
@@ -187,8 +194,11 @@ class WorkerPool:
     # --- internals ------------------------------------------------------------------------
 
     def _start_worker(self) -> _Worker:
+        return self._add(build_child.Child(self.env))
+
+    def _add(self, child: build_child.Child) -> _Worker:
         assert self._selector is not None
-        worker = _Worker(build_child.spawn(self.env))
+        worker = _Worker(child)
         self._selector.register(worker.output, selectors.EVENT_READ, worker)
         self._workers.append(worker)
         return worker
@@ -218,10 +228,9 @@ class WorkerPool:
         self._workers.remove(worker)
         assert self._selector is not None
         self._selector.unregister(worker.output)
-        with contextlib.suppress(OSError):
-            worker.proc.kill()
+        worker.proc.kill()
         worker.proc.wait()
-        _close_pipes(worker.proc)
+        worker.proc.close()
 
     def _read(self, worker: _Worker, emit: EventCallback) -> Iterator[BuildResult]:
         try:
@@ -255,8 +264,7 @@ class WorkerPool:
         for worker in list(self._workers):
             cell = worker.cell
             if cell is not None and now - cell.since >= self.timeout:
-                with contextlib.suppress(OSError):
-                    worker.proc.kill()
+                worker.proc.kill()
                 self._retire(worker)
                 yield build_child.failed(
                     cell.request, cell.since, f"timed out after {self.timeout:g} s"
@@ -277,7 +285,7 @@ class WorkerPool:
                 with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(worker.output)
         code = worker.proc.wait()
-        _close_pipes(worker.proc)
+        worker.proc.close()
         return code
 
     def _close_selector(self) -> None:
@@ -294,18 +302,10 @@ class WorkerPool:
 
 def _send(worker: _Worker, request: BuildRequest) -> bool:
     try:
-        assert worker.proc.stdin is not None
-        build_child.write_frame(worker.proc.stdin, request)
+        build_child.write_frame(worker.proc.requests, request)
     except OSError:
         return False
     return True
-
-
-def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None:
-            with contextlib.suppress(OSError):
-                pipe.close()
 
 
 def _ignore(event: ProgressEvent) -> None:

