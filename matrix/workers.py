@@ -92,12 +92,15 @@ class WorkerPool:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
-        with self._lock:
-            for child in self._started:
-                self._add(child)
-            self._started.clear()
-            while len(self._workers) < self.jobs:
-                self._start_worker()
+        try:
+            with self._lock:
+                while self._started:
+                    self._add(self._started.pop())
+                while len(self._workers) < self.jobs:
+                    self._start_worker()
+        except BaseException:  # e.g. no process could be started: none is left behind
+            self.shutdown()
+            raise
         return self
 
     def __exit__(
@@ -175,7 +178,8 @@ class WorkerPool:
         another thread than the one iterating `results`."""
         with self._lock:
             self._closed = True
-            workers, self._workers = self._workers, []
+            unadopted = [_Worker(child) for child in self._started]
+            workers, self._workers, self._started = [*self._workers, *unadopted], [], []
             self._pending.clear()
             iterating = self._iterating
         for worker in workers:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from matrix import build_child
 from matrix.build_child import death, describe_error
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
 from matrix.workers import WorkerPool
@@ -290,6 +291,31 @@ def test_worker_failures_read_as_one_line() -> None:
     assert death(-11) == "worker died: signal 11 (SIGSEGV)"
     assert death(3) == "worker died: exit code 3"
     assert describe_error(ValueError("bad\nthing")) == "worker error: ValueError: bad thing"
+
+
+def test_a_pool_that_cannot_start_every_worker_leaves_none_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[build_child.Child] = []
+    real = build_child.Child
+
+    def second_fails(env: object = None) -> build_child.Child:
+        if made:
+            raise OSError(11, "Resource temporarily unavailable")
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(build_child, "Child", second_fails)
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        WorkerPool(jobs=2).__enter__()
+    assert [child.returncode for child in made] == [-signal.SIGKILL]
+
+
+def test_a_started_worker_handed_to_a_pool_never_entered_is_killed() -> None:
+    child = build_child.Child()
+    WorkerPool(jobs=1, started=[child]).shutdown()
+    assert child.returncode == -signal.SIGKILL
+    with pytest.raises(ValueError, match="2 workers started for a pool of 1"):
+        WorkerPool(jobs=1, started=[child, child])
 
 
 def test_jobs_must_be_positive() -> None:
