@@ -7,8 +7,8 @@
 (2) parallelism: `-j2` throughput over `-j1` for the same cells (target: at least 1.8x on
     2 cores; one build uses one core), next to two direct processes side by side: the most
     the cores give when others share them;
-(3) start method: time for a fresh pool to return its first tiny cell, "spawn" against
-    "forkserver".
+(3) start-up: time for a fresh pool to return its first tiny cell (the process started,
+    Python and the library imported, one build).
 Each variant runs as its own Python process, so interpreter start and imports count for all.
 The numbers depend on what else runs on the machine: the load average is printed too.
 """
@@ -38,13 +38,12 @@ def make_models(folder: Path, cells: int, layers: int) -> list[Path]:
             for i in range(cells)]
 
 
-def run_pool(models: list[Path], out: Path, jobs: int, method: str = "spawn") -> float:
+def run_pool(models: list[Path], out: Path, jobs: int) -> float:
     """Child-process entry: build every model with a WorkerPool; returns wall seconds."""
     from matrix import workers
     from matrix.jobs import BuildRequest
     from matrix.manifest import BuilderOptions
 
-    workers.START_METHOD = method
     started = time.perf_counter()
     with workers.WorkerPool(jobs=jobs) as pool:
         for model in models:
@@ -85,9 +84,8 @@ def timed_parallel(commands: list[list[str]]) -> float:
     return time.perf_counter() - started
 
 
-def pool_command(models: list[Path], out: Path, jobs: int, method: str = "spawn") -> list[str]:
-    return [sys.executable, __file__, "--child", str(jobs), method, str(out),
-            *map(str, models)]
+def pool_command(models: list[Path], out: Path, jobs: int) -> list[str]:
+    return [sys.executable, __file__, "--child", str(jobs), str(out), *map(str, models)]
 
 
 def best(times: list[float]) -> float:
@@ -119,9 +117,7 @@ def main() -> None:
                       for i in (0, 1)]
             ceiling.append(timed_parallel([[sys.executable, "-c", DIRECT, *half]
                                            for half in halves]))
-        startup = {method: best([timed(pool_command(tiny, folder / method, 1, method))
-                                 for _ in range(3)])
-                   for method in ("spawn", "forkserver")}
+        startup = best([timed(pool_command(tiny, folder / "tiny-out", 1)) for _ in range(3)])
     d, one, two = best(direct), best(j1), best(j2)
     print(f"cells: {args.cells} x slow_conv_stack(layers={args.layers}), "
           f"{d / args.cells:.2f} s per build")
@@ -139,14 +135,13 @@ def main() -> None:
     print(f"(2) -j1 {one:.2f} s, -j2 {two:.2f} s: speed-up {one / two:.2f}x (target >= 1.8x)")
     print(f"    reference: the same cells as two direct processes side by side "
           f"{best(ceiling):.2f} s, {d / best(ceiling):.2f}x over one: what the cores allow")
-    print("(3) fresh pool + one tiny cell: "
-          + ", ".join(f"{m} {s:.2f} s" for m, s in startup.items()))
+    print(f"(3) fresh pool + one tiny cell: {startup:.2f} s")
     print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        jobs, method, out = int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
-        run_pool([Path(p) for p in sys.argv[5:]], out, jobs, method)
+        jobs, out = int(sys.argv[2]), Path(sys.argv[3])
+        run_pool([Path(p) for p in sys.argv[4:]], out, jobs)
     else:
         main()
