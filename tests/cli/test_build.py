@@ -140,7 +140,7 @@ def test_noop_run_imports_no_heavy_library(project: Project) -> None:
     )
     assert result.stdout == "3 cells up to date\n"
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
-    heavy = {"tensorrt_rtx", "onnx", "rich", "filelock", "jsonschema", "importlib.metadata"}
+    heavy = {"tensorrt_rtx", "onnx", "rich", "jsonschema", "importlib.metadata"}
     assert not imported & {*heavy, "matrix.workers"}
 
 
@@ -287,17 +287,45 @@ def test_removed_model_leaves_the_lock(project: Project, capsys: Any) -> None:
     assert sorted(project.lock_json()["engines"]) == ["a@sm86", "a@sm89"]
 
 
-def test_second_build_on_the_same_output_exits_3(project: Project, capsys: Any) -> None:
-    import filelock
-
+def hold_output_lock(project: Project, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the output folder's lock for `seconds`, as a build would."""
     state = project.engines / ".rtx-matrix"
     state.mkdir(parents=True)
     (state / "owner").write_text("4242")
-    with filelock.FileLock(str(state / "lock")):
+    code = (f"import fcntl, os, time; fd = os.open({str(state / 'lock')!r}, os.O_RDWR); "
+            f"fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep({seconds})")
+    (state / "lock").touch()
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_second_build_on_the_same_output_exits_3(project: Project, capsys: Any) -> None:
+    holder = hold_output_lock(project, 60)
+    try:
         assert project.build() == 3
+    finally:
+        holder.kill()
+        holder.wait()
     err = capsys.readouterr().err
     assert f"error: another rtx-matrix build is running on {project.engines} (pid 4242)" in err
     assert not project.lock.exists()
+
+
+def test_wait_builds_once_the_other_build_ends(project: Project, capsys: Any) -> None:
+    holder = hold_output_lock(project, 0.5)
+    started = time.monotonic()
+    assert project.build("--wait", "30") == 0
+    assert time.monotonic() - started >= 0.4
+    holder.wait()
+    assert sorted(project.lock_json()["engines"]) == ["a@sm86", "a@sm89", "b@sm86"]
+
+
+def test_a_killed_build_leaves_the_output_unlocked(project: Project, capsys: Any) -> None:
+    holder = hold_output_lock(project, 60)
+    holder.kill()  # the kernel drops a dead process's lock: no stale lock file to clean up
+    holder.wait()
+    assert project.build() == 0
 
 
 # ---------------------------------------------------------------- interrupted runs (processes)
