@@ -7,11 +7,13 @@ decide, so a run with nothing to build (its lock newer than its manifest) starts
 Once the arguments are parsed, `build` makes the real decision: its worker pool adopts this
 worker, or it is killed.
 
-Only `os` is imported before the worker starts: this runs ahead of every other import.
+Only the standard library's smallest modules are imported before the worker starts: this
+runs ahead of every other import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -38,7 +40,9 @@ def start(argv: Sequence[str]) -> None:
     if _started is None and _looks_like_a_build(argv):
         from matrix.build_child import Child
 
-        _started = Child()
+        # Only a head start: should it fail, the pool starts its workers later or says why not.
+        with contextlib.suppress(OSError):
+            _started = Child()
 
 
 def take() -> Child | None:

@@ -76,6 +76,16 @@ def test_a_run_that_fails_kills_the_worker(
     assert len(started) <= 1 and all(child.returncode is not None for child in started)
 
 
+def test_a_head_start_that_cannot_start_is_no_error(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_process(*args: Any) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(build_child, "Child", no_process)
+    head_start.start(["build"])
+    assert head_start.take() is None
+
+
 @pytest.mark.parametrize(
     ("argv", "lock_age", "likely"),
     [
