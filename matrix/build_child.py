@@ -170,11 +170,17 @@ def describe_error(error: BaseException) -> str:
 
 def failed(request: BuildRequest, started: float, error: str) -> BuildResult:
     """The result of a cell whose build never finished: its log says why, and any temporary
-    engine a killed worker left behind is removed (call only once the worker is gone)."""
+    engine a killed worker left behind is removed (call only once the worker is gone).
+    The summary line also carries the last error the library logged, often the cause of an
+    abort."""
     from matrix.jobs import BuildResult
+    from matrix.library_log import last_error
 
+    logged = last_error(request.log_path)
     _append_to_log(request.log_path, f"rtx-matrix: {error}")
     remove_temp_files(request)
+    if logged:
+        error = f"{error}; the library last logged: {logged}"
     return BuildResult(request.cell_id, ok=False, seconds=time.monotonic() - started, error=error)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import IO, Any
 
 import tensorrt_rtx as trt
 
+from matrix import library_log
 from matrix.engine_header import describe_mask, read_header, temp_path, version_tuple
 from matrix.jobs import BuildRequest, BuildResult, ProgressEvent
 from matrix.manifest import BuilderOptions, Profile
@@ -251,10 +251,6 @@ cell's log file during a build. Not a Python `ILogger`: that is called for every
 VERBOSE too (~5,000 per small build, 99.5 % of them), each a call into Python that cost
 1-2 % of the build time (bench/bench_overhead.py); this one filters them out in C++."""
 
-_ERROR_LINE = re.compile(r"^\[[^]\n]*\] \[TRT\] \[[EF]\] (.*?)(?=^\[|\Z)", re.MULTILINE | re.DOTALL)
-"""An ERROR or INTERNAL_ERROR message in the library's log format, up to the next message."""
-
-
 class _BuildLog:
     """The cell's log file, and the process's stdout pointed at it while the library builds.
 
@@ -285,12 +281,7 @@ class _BuildLog:
     @property
     def last_error(self) -> str | None:
         """The last error the library logged in this build, as one line."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        errors = _ERROR_LINE.findall(text)
-        return _one_line(errors[-1]) if errors else None
+        return library_log.last_error(str(self.path))
 
     def note(self, line: str) -> None:
         # Never raise into the build: a full disk loses log lines, not the cell.

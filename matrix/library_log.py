@@ -1,0 +1,25 @@
+"""The library's log format, as its logger prints it to a cell's log file.
+
+`[11/25/2026-06:58:57] [TRT] [E] message`, with the severity letter F (internal error), E, W,
+I or V. Read back for the one-line error of a failed cell: by the builder when the library
+refuses something, and by the pool when a worker died mid-build, whose log is all that is
+left of what the library said.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ERROR = re.compile(r"^\[[^]\n]*\] \[TRT\] \[[EF]\] (.*?)(?=^\[|\Z)", re.MULTILINE | re.DOTALL)
+"""An ERROR or INTERNAL_ERROR message, up to the next message (it may span lines)."""
+
+
+def last_error(log_path: str) -> str | None:
+    """The last error the library logged to `log_path`, as one line; None if none or no log."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            text = log.read()
+    except OSError:
+        return None
+    errors = _ERROR.findall(text)
+    return " ".join(errors[-1].split()) if errors else None
