@@ -94,6 +94,13 @@ class Child:
             self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
+    def end(self) -> int:
+        """Kill it (if still alive), reap it and close its pipes; its exit code."""
+        self.kill()
+        code = self.wait()
+        self.close()
+        return code
+
     def close(self) -> None:
         """Close both pipes (after `wait`: a live child then sees the end of its input)."""
         with contextlib.suppress(OSError):

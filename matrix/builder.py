@@ -251,6 +251,7 @@ cell's log file during a build. Not a Python `ILogger`: that is called for every
 VERBOSE too (~5,000 per small build, 99.5 % of them), each a call into Python that cost
 1-2 % of the build time (bench/bench_overhead.py); this one filters them out in C++."""
 
+
 class _BuildLog:
     """The cell's log file, and the process's stdout pointed at it while the library builds.
 

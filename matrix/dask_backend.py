@@ -25,15 +25,17 @@ import contextlib
 import hashlib
 import os
 import queue
+import select
 import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from matrix import build_child
 from matrix.atomic import write_atomic
@@ -372,6 +374,8 @@ class _Children:
             idle, self._idle = self._idle, []
         # An idle child may have died meanwhile (see `_die_with_parent`): never hand it a cell.
         alive = [c for c in idle if c.alive]
+        for dead in (c for c in idle if c not in alive):
+            dead.proc.end()
         child = alive.pop() if alive else _Child()
         with self._lock:
             self._idle.extend(alive)
@@ -383,63 +387,51 @@ class _Children:
 
 
 class _Child:
-    """One build process (`matrix.build_child`); a thread moves its frames into a queue."""
+    """One build process (`matrix.build_child`), read with `select` so a timeout needs no
+    thread of its own."""
 
     def __init__(self) -> None:
         self.proc = build_child.Child()
-        self.frames: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
-        replies = os.fdopen(self.proc.replies, "rb", closefd=False)
-        threading.Thread(
-            target=self._read, args=(replies,), name="rtx-matrix-child", daemon=True
-        ).start()
+        self._frames = build_child.FrameBuffer()
+        self._ready: deque[tuple[str, Any]] = deque()
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _read(self, replies: IO[bytes]) -> None:
-        while True:
-            frame = build_child.read_frame(replies)
-            self.frames.put(frame)
-            if frame is None:
-                return
-
     def build(self, request: BuildRequest, timeout: float | None,
               publish: Callable[[dict[str, Any]], None]) -> BuildResult:
         started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         try:
             build_child.write_frame(self.proc.requests, request)
-        except OSError:
-            return self._died(request, started, reader_done=False)
-        deadline = None if timeout is None else started + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                frame = self.frames.get(timeout=remaining)
-            except queue.Empty:
-                self._end(reader_done=False)
-                return build_child.failed(request, started, f"timed out after {timeout:g} s")
-            if frame is None:
-                return self._died(request, started, reader_done=True)
-            kind, payload = frame
-            if kind == "event":
+            while (frame := self._next(deadline)) is not None:
+                kind, payload = frame
+                if kind == "result":
+                    result: BuildResult = payload
+                    return result
                 publish(asdict(payload))
-            else:
-                result: BuildResult = payload
-                return result
+        except TimeoutError:  # before OSError, of which it is a kind
+            self.proc.end()
+            return build_child.failed(request, started, f"timed out after {timeout:g} s")
+        except OSError:
+            pass  # it died: its exit code says how
+        return build_child.failed(request, started, build_child.death(self.proc.end()))
 
-    def _died(self, request: BuildRequest, started: float, reader_done: bool) -> BuildResult:
-        return build_child.failed(request, started, build_child.death(self._end(reader_done)))
-
-    def _end(self, reader_done: bool) -> int:
-        """Kill the child (if still alive), let the reader see the end, close the pipes."""
-        self.proc.kill()
-        code = self.proc.wait()
-        with contextlib.suppress(queue.Empty):
-            while not reader_done:
-                reader_done = self.frames.get(timeout=1.0) is None
-        self.proc.close()
-        return code
+    def _next(self, deadline: float | None) -> tuple[str, Any] | None:
+        """The next frame; None at the end of the child's output. TimeoutError past
+        `deadline`."""
+        while not self._ready:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError
+            readable, _, _ = select.select([self.proc.replies], [], [], remaining)
+            if readable:
+                chunk = os.read(self.proc.replies, 1 << 16)
+                if not chunk:
+                    return None
+                self._ready.extend(self._frames.feed(chunk))
+        return self._ready.popleft()
 
 
 _CHILDREN = _Children()

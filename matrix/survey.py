@@ -42,6 +42,8 @@ class Survey:
     lock_signature: tuple[int, int, int] | None = None
     """(inode, size, mtime_ns) of the lockfile as read; None when there was none. Every lock
     write is a rename onto it, so a rewrite changes the inode even within one mtime tick."""
+    chosen: tuple[Cell, ...] = ()
+    """The cells the run's patterns name (all when none), buildable or not."""
 
     def still_current(self) -> bool:
         """Whether the lockfile is as this survey read it: every build rewrites the lock, so
@@ -98,7 +100,8 @@ def survey(
     fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=verify, force=force)
     removed = tuple(sorted(set(lock.engines) - owned)) if lock and not patterns else ()
     return Survey(
-        plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature
+        plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature,
+        tuple(chosen),
     )
 
 

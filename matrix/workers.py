@@ -183,12 +183,11 @@ class WorkerPool:
             self._pending.clear()
             iterating = self._iterating
         for worker in workers:
-            worker.proc.kill()
+            worker.proc.kill()  # all first, so they die side by side
         for worker in workers:
-            worker.proc.wait()
+            worker.proc.end()
             if worker.cell is not None:  # only now: a live worker could still write it
                 build_child.remove_temp_files(worker.cell.request)
-            worker.proc.close()
         if iterating:
             with contextlib.suppress(OSError):
                 os.write(self._wake_write, b"!")  # its thread closes the selector
@@ -222,19 +221,19 @@ class WorkerPool:
             if not _send(worker, request):
                 # Lost while idle: a fresh worker takes the cell. Should that one be gone
                 # too, its end of stream fails the cell with its exit code.
-                self._drop(worker)
+                self._forget(worker)
+                worker.proc.end()
                 worker = self._start_worker()
                 _send(worker, request)
             worker.cell = _InFlight(request, time.monotonic())
 
-    def _drop(self, worker: _Worker) -> None:
-        """Forget a worker that cannot take a cell (holding the lock)."""
-        self._workers.remove(worker)
-        assert self._selector is not None
-        self._selector.unregister(worker.output)
-        worker.proc.kill()
-        worker.proc.wait()
-        worker.proc.close()
+    def _forget(self, worker: _Worker) -> None:
+        """Holding the lock: no more cells or reads for this worker."""
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.output)
 
     def _read(self, worker: _Worker, emit: EventCallback) -> Iterator[BuildResult]:
         try:
@@ -268,7 +267,6 @@ class WorkerPool:
         for worker in list(self._workers):
             cell = worker.cell
             if cell is not None and now - cell.since >= self.timeout:
-                worker.proc.kill()
                 self._retire(worker)
                 yield build_child.failed(
                     cell.request, cell.since, f"timed out after {self.timeout:g} s"
@@ -281,16 +279,11 @@ class WorkerPool:
         return max(0.0, since + self.timeout - time.monotonic())
 
     def _retire(self, worker: _Worker) -> int:
-        """Forget a worker whose output ended; its exit code."""
+        """Forget a worker whose output ended or whose time ran out, and end it; its exit
+        code."""
         with self._lock:
-            if worker in self._workers:
-                self._workers.remove(worker)
-            if self._selector is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._selector.unregister(worker.output)
-        code = worker.proc.wait()
-        worker.proc.close()
-        return code
+            self._forget(worker)
+        return worker.proc.end()
 
     def _close_selector(self) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matrix.cli import head_start
-from matrix.cli.common import add_manifest_args, scope_of, survey_for
+from matrix.cli.common import add_manifest_args, survey_for
 from matrix.errors import (
     GpuError,
     Interrupted,
@@ -149,11 +149,8 @@ def run(args: argparse.Namespace) -> int:
     scheduler(args)  # a bad flag combination fails before any work
     workers = start_workers_early(args)
     try:
-        from matrix.survey import select_cells
-
         state = survey_for(args)
-        chosen = select_cells(state.plan, scope_of(args).patterns)
-        refuse_rejected(state.plan, chosen, args.skip_rejected)
+        refuse_rejected(state.plan, state.chosen, args.skip_rejected)
         if args.require_gpu and state.skipped:
             raise GpuError(
                 f"--require-gpu: {len(state.skipped)} cells need a GPU: {state.gpu_missing}"

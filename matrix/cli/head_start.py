@@ -54,9 +54,7 @@ def take() -> Child | None:
 
 def discard(child: Child | None) -> None:
     if child is not None:
-        child.kill()
-        child.wait()
-        child.close()
+        child.end()
 
 
 def build_likely(manifest: str, lock: str, force: bool) -> bool:
