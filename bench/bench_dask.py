@@ -23,8 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from matrix.jobs import BuildRequest  # noqa: E402
-from matrix.manifest import BuilderOptions  # noqa: E402
+from matrix.build.messages import BuildRequest  # noqa: E402
+from matrix.manifest.types import BuilderOptions  # noqa: E402
 from tests import modelgen  # noqa: E402
 
 TARGET_RATIO = 1.2
@@ -64,8 +64,8 @@ def main() -> int:
 
     from distributed import Client, LocalCluster
 
-    from matrix.dask_backend import DaskBackend
-    from matrix.workers import WorkerPool
+    from matrix.build.pools.dask_cluster import DaskBackend
+    from matrix.build.pools.posix import WorkerPool
 
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as scratch:
         root = Path(scratch)

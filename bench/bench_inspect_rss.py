@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from matrix.facts_cache import FactsCache  # noqa: E402
+from matrix.facts.cache import FactsCache  # noqa: E402
 from tests import modelgen  # noqa: E402
 
 TARGET_MB = 200
@@ -31,7 +31,7 @@ TARGET_MB = 200
 CHILD = """
 import sys, time
 from pathlib import Path
-from matrix.facts_cache import FactsCache
+from matrix.facts.cache import FactsCache
 start = time.perf_counter()
 facts = FactsCache(Path(sys.argv[2])).get(Path(sys.argv[1]))
 print(f"{time.perf_counter() - start:.3f} {facts.size} {facts.digest}")

@@ -40,9 +40,9 @@ def make_models(folder: Path, cells: int, layers: int) -> list[Path]:
 
 def run_pool(models: list[Path], out: Path, jobs: int) -> float:
     """Child-process entry: build every model with a WorkerPool; returns wall seconds."""
-    from matrix import workers
-    from matrix.jobs import BuildRequest
-    from matrix.manifest import BuilderOptions
+    from matrix.build.messages import BuildRequest
+    from matrix.build.pools import posix as workers
+    from matrix.manifest.types import BuilderOptions
 
     started = time.perf_counter()
     with workers.WorkerPool(jobs=jobs) as pool:

@@ -13,8 +13,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from matrix.capabilities import CC, KNOWN
 from matrix.errors import GpuError
+from matrix.plan.capabilities import CC, KNOWN
 
 _KNOWN_LIST = ", ".join(cc.dotted for cc in KNOWN)
 _NEWEST_KNOWN = max(KNOWN)

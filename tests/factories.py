@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from matrix.capabilities import parse_cc
-from matrix.facts import FP32, ModelFacts, TensorInfo
-from matrix.jobs import BuildRequest
-from matrix.manifest import (
+from matrix.build.messages import BuildRequest
+from matrix.facts.types import FP32, ModelFacts, TensorInfo
+from matrix.manifest.types import (
     CURRENT,
     DEFAULT,
     BuilderOptions,
@@ -19,6 +18,7 @@ from matrix.manifest import (
     Profile,
     Target,
 )
+from matrix.plan.capabilities import parse_cc
 
 
 def target(name: str, *ccs: str, current: bool = False) -> Target:

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from matrix.capabilities import CC, SM89, SM120
 from matrix.errors import GpuError
 from matrix.gpu import Gpu, GpuInventory, cuda_env, discover, gpu_skip_reason, is_supported
+from matrix.plan.capabilities import CC, SM89, SM120
 
 H100 = ("NVIDIA H100 80GB HBM3", (9, 0))
 B200 = ("NVIDIA B200", (10, 0))

@@ -26,13 +26,13 @@ from matrix.errors import (
     Stale,
     UsageError,
 )
-from matrix.pipeline import resolve_manifest
+from matrix.plan.load import resolve_manifest
 
 if TYPE_CHECKING:  # the rest is imported where used: see `start_workers_early`
-    from matrix.build_child import Child
-    from matrix.executor import Outcome
-    from matrix.plan import Cell, Plan
-    from matrix.survey import Survey
+    from matrix.build.executor import Outcome
+    from matrix.build.worker import Child
+    from matrix.lockfile.survey import Survey
+    from matrix.plan.types import Cell, Plan
 
 
 def add_parser(subparsers: Any) -> None:
@@ -128,7 +128,7 @@ def _positive_int(text: str) -> int:
 
 
 def refuse_rejected(plan: Plan, chosen: Sequence[Cell], skip: bool) -> None:
-    from matrix.plan_report import rejection_lines
+    from matrix.plan.report import rejection_lines
 
     ids = {cell.id for cell in chosen}
     lines = [line for line in rejection_lines(plan) if line.split(":", 1)[0] in ids]
@@ -207,7 +207,7 @@ def start_workers(args: argparse.Namespace, state: Survey) -> Any:
 
 
 def _worker_pool(jobs: int, timeout: float | None, started: Sequence[Child] = ()) -> Any:
-    from matrix.workers import WorkerPool
+    from matrix.build.pools.posix import WorkerPool
 
     return WorkerPool(max(1, jobs), timeout, started=started).__enter__()
 
@@ -225,7 +225,7 @@ def scheduler(args: argparse.Namespace) -> str | None:
 def needs_writing(state: Survey) -> bool:
     if state.to_build or state.removed:
         return True
-    from matrix.executor import lock_header
+    from matrix.build.executor import lock_header
 
     header = lock_header(
         state.plan,
@@ -283,7 +283,7 @@ def output_lock(output: Path, wait: float) -> Any:
     killed run never leaves the folder locked."""
     import fcntl
 
-    from matrix.stamps import state_dir
+    from matrix.lockfile.stamps import state_dir
 
     folder = state_dir(output)
     folder.mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,7 @@ def _read_owner(owner: Path) -> str:
 def build_stale(
     args: argparse.Namespace, state: Survey, started: float, workers: Any = None
 ) -> int:
-    from matrix.executor import (
+    from matrix.build.executor import (
         Job,
         LockBook,
         RunOptions,
@@ -339,8 +339,8 @@ def build_stale(
         make_request,
         remove_stale_temp_files,
     )
-    from matrix.lockfile import lock_to_json
-    from matrix.progress import Batch, make_display, print_summary
+    from matrix.build.progress import Batch, make_display, print_summary
+    from matrix.lockfile.io import lock_to_json
 
     plan, lock = state.plan, state.lock
     header = lock_header(
@@ -388,7 +388,7 @@ def build_stale(
 
 
 def other_outcomes(state: Survey) -> list[Outcome]:
-    from matrix.executor import Outcome, Status
+    from matrix.build.executor import Outcome, Status
 
     fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
     skipped = [

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from matrix.pipeline import DEFAULT_MANIFEST, resolve_manifest
-from matrix.stamps import STATE_DIR, Stamps
+from matrix.lockfile.stamps import STATE_DIR, Stamps
+from matrix.plan.load import DEFAULT_MANIFEST, resolve_manifest
 
 SUFFIXES = (".engine", ".log")
 
@@ -29,8 +29,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from matrix.loader import load_manifest
-    from matrix.lockfile import read_lock
+    from matrix.lockfile.io import read_lock
+    from matrix.manifest.loader import load_manifest
 
     manifest = load_manifest(resolve_manifest(args.manifest))
     lock_path = Path(os.path.abspath(args.output or manifest.lock_path))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from matrix.pipeline import DEFAULT_MANIFEST, resolve_manifest
+from matrix.plan.load import DEFAULT_MANIFEST, resolve_manifest
 
 if TYPE_CHECKING:
-    from matrix.survey import Scope, Survey
+    from matrix.lockfile.survey import Scope, Survey
 
 
 def add_manifest_args(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_manifest_args(parser: argparse.ArgumentParser) -> None:
 
 
 def scope_of(args: argparse.Namespace) -> Scope:
-    from matrix.survey import Scope
+    from matrix.lockfile.survey import Scope
 
     return Scope(
         patterns=tuple(getattr(args, "cells", ()) or ()),
@@ -31,7 +31,7 @@ def scope_of(args: argparse.Namespace) -> Scope:
 
 def survey_for(args: argparse.Namespace) -> Survey:
     """`survey` with what this command's arguments say (status has fewer than build)."""
-    from matrix.survey import survey
+    from matrix.lockfile.survey import survey
 
     return survey(
         resolve_manifest(args.manifest),

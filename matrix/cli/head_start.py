@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from matrix.build_child import Child
+    from matrix.build.worker import Child
 
 DEFAULT_MANIFEST = "rtx-matrix.yaml"
-"""`matrix.pipeline.DEFAULT_MANIFEST` (tests hold them equal; that module imports pathlib)."""
+"""`matrix.plan.load.DEFAULT_MANIFEST` (tests hold them equal; that module imports pathlib)."""
 
 _NOT_NOW = frozenset(
     {"-h", "--help", "--dry-run", "--check", "--executor", "--scheduler", "--pool", "-o",
@@ -38,7 +38,7 @@ def start(argv: Sequence[str]) -> None:
     """Start one worker when `argv` looks like a `build` that will build."""
     global _started
     if _started is None and _looks_like_a_build(argv):
-        from matrix.build_child import Child
+        from matrix.build.worker import Child
 
         # Only a head start: should it fail, the pool starts its workers later or says why not.
         with contextlib.suppress(OSError):
@@ -73,7 +73,7 @@ def build_likely(manifest: str, lock: str, force: bool) -> bool:
 
 
 def default_lock(manifest: str) -> str:
-    """`matrix.manifest.default_lock_path` on strings (tests hold them equal)."""
+    """`matrix.manifest.types.default_lock_path` on strings (tests hold them equal)."""
     return os.path.splitext(manifest)[0] + ".lock"
 
 

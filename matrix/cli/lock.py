@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from matrix.lockmerge import CONFLICT_POLICIES
+from matrix.lockfile.merge import CONFLICT_POLICIES
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from matrix.lockmerge import merge_files
+    from matrix.lockfile.merge import merge_files
 
     merged = merge_files(args.inputs, args.output, args.on_conflict, args.allow_partial)
     if not args.quiet:

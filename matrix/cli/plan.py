@@ -7,10 +7,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from matrix.errors import PlanRejected, UsageError
-from matrix.pipeline import DEFAULT_MANIFEST, load_plan, resolve_manifest
+from matrix.plan.load import DEFAULT_MANIFEST, load_plan, resolve_manifest
 
 if TYPE_CHECKING:
-    from matrix.plan import Plan
+    from matrix.plan.types import Plan
 
 
 def add_parser(subparsers: Any) -> None:
@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(resolve_manifest(args.manifest))
-    from matrix.plan_report import plan_json, print_plan_table, rejection_lines
+    from matrix.plan.report import plan_json, print_plan_table, rejection_lines
 
     if args.github_matrix:
         print(github_matrix_line(plan, args))
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def github_matrix_line(plan: Plan, args: argparse.Namespace) -> str:
-    from matrix.github_matrix import github_matrix_json
-    from matrix.lockfile import read_lock
+    from matrix.ci.github_matrix import github_matrix_json
+    from matrix.lockfile.io import read_lock
 
     if args.shards < 1 or args.gpu_shards < 0:
         raise UsageError("--shards must be at least 1 and --gpu-shards at least 0")

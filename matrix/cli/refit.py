@@ -36,7 +36,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from matrix import gpu, refit
+    from matrix import gpu
+    from matrix.build import refit
 
     engine, onnx, graph_digest = _inputs(args)
     output = Path(args.output) if args.output else refit.default_output(engine)
@@ -62,7 +63,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, str | None]:
     if args.lock:
         if args.onnx:
             raise UsageError("--onnx and --lock do not go together: the lock names the model")
-        from matrix.refit import engine_from_lock
+        from matrix.build.refit import engine_from_lock
 
         locked = engine_from_lock(Path(args.lock), args.target)
         return locked.engine, locked.onnx, locked.graph_digest

@@ -10,7 +10,7 @@ from matrix.cli.common import add_manifest_args, survey_for
 from matrix.errors import Stale
 
 if TYPE_CHECKING:
-    from matrix.survey import Survey
+    from matrix.lockfile.survey import Survey
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def status_json(state: Survey) -> dict[str, Any]:
-    from matrix.freshness import as_json
+    from matrix.lockfile.freshness import as_json
 
     data = as_json(state.freshness)
     data["gpu_missing"] = state.gpu_missing
@@ -52,7 +52,7 @@ def status_json(state: Survey) -> dict[str, Any]:
 
 
 def print_status(state: Survey) -> None:
-    from matrix.freshness import REMOVED
+    from matrix.lockfile.freshness import REMOVED
 
     for fresh in state.freshness.cells:
         if fresh.stale:

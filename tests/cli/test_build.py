@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from matrix.build_child import Child
+from matrix.build.worker import Child
 from matrix.cli import head_start, main
-from matrix.lockfile import read_lock
+from matrix.lockfile.io import read_lock
 from matrix.versions import VERSION_OVERRIDE, installed_tensorrt_rtx
 from tests import modelgen
 
@@ -141,7 +141,7 @@ def test_noop_run_imports_no_heavy_library(project: Project) -> None:
     assert result.stdout == "3 cells up to date\n"
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     heavy = {"tensorrt_rtx", "onnx", "rich", "jsonschema", "importlib.metadata"}
-    assert not imported & {*heavy, "matrix.workers"}
+    assert not imported & {*heavy, "matrix.build.pools.posix"}
 
 
 def test_corrupt_lock_is_one_error_line(project: Project, capsys: Any) -> None:
@@ -376,7 +376,7 @@ def worker_pids(parent: int) -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == parent and b"build_child" in cmdline:
+        if int(fields[1]) == parent and b"matrix.build.worker" in cmdline:
             pids.append(int(stat.parent.name))
     return pids
 

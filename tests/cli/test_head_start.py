@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from matrix import build_child, pipeline
+from matrix.build import worker as build_child
 from matrix.cli import head_start, main
-from matrix.manifest import default_lock_path
+from matrix.manifest.types import default_lock_path
+from matrix.plan import load as pipeline
 from tests import modelgen
 
 

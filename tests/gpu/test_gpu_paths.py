@@ -20,12 +20,12 @@ import pytest
 from onnx import numpy_helper
 
 from matrix import gpu
-from matrix.builder import build
-from matrix.capabilities import KNOWN, SM75
+from matrix.build.builder import build
+from matrix.build.messages import BuildRequest
+from matrix.build.refit import default_output, refit_engine
 from matrix.cli import main
-from matrix.jobs import BuildRequest
-from matrix.manifest import BuilderOptions
-from matrix.refit import default_output, refit_engine
+from matrix.manifest.types import BuilderOptions
+from matrix.plan.capabilities import KNOWN, SM75
 from tests.modelgen import mlp_fp32
 
 pytestmark = pytest.mark.gpu

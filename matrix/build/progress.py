@@ -1,0 +1,230 @@
+"""What a build run shows: live progress while it builds, a summary at the end.
+
+With a terminal: a rich Live display (batch done/total with an ETA from the lock's
+`build_seconds`, one line per running build with its builder phase). Without one: one plain
+line per finished cell. rich is imported only when something is displayed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from matrix.build.executor import Outcome, Status
+from matrix.build.messages import ProgressEvent
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The cells a run is about to build, and how long each took last time (if known)."""
+
+    cells: tuple[str, ...]
+    expected_seconds: Mapping[str, float]
+    jobs: int
+
+    def expected(self, cell_id: str) -> float:
+        known = list(self.expected_seconds.values())
+        fallback = sum(known) / len(known) if known else 1.0
+        return self.expected_seconds.get(cell_id, fallback)
+
+    def eta(self, done: set[str], started: Mapping[str, float]) -> float:
+        """Seconds left: expected time of unfinished cells, less what running ones have spent,
+        spread over the workers."""
+        now = time.monotonic()
+        left = 0.0
+        for cell in self.cells:
+            if cell in done:
+                continue
+            spent = now - started[cell] if cell in started else 0.0
+            left += max(self.expected(cell) - spent, 0.0)
+        return left / max(1, min(self.jobs, len(self.cells) - len(done) or 1))
+
+
+class Display:
+    """Quiet: shows nothing while building (the summary still lists failures)."""
+
+    def start(self, batch: Batch) -> None:
+        del batch
+
+    def event(self, event: ProgressEvent) -> None:
+        del event
+
+    def outcome(self, outcome: Outcome) -> None:
+        del outcome
+
+    def stop(self) -> None:
+        pass
+
+
+class PlainDisplay(Display):
+    """One line per finished cell, for logs and pipes: `[3/12] built m@sm86 in 1.2 s`."""
+
+    def __init__(self, out: TextIO, verbose: bool = False) -> None:
+        self.out = out
+        self.verbose = verbose
+        self.total = 0
+        self.done = 0
+
+    def start(self, batch: Batch) -> None:
+        self.total = len(batch.cells)
+
+    def event(self, event: ProgressEvent) -> None:
+        if self.verbose and event.kind in ("start", "phase"):
+            what = "started" if event.kind == "start" else f"phase {event.phase}"
+            self._line(f"      {event.cell_id}: {what}")
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.done += 1
+        self._line(f"[{self.done}/{self.total}] {outcome_line(outcome)}")
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+class RichDisplay(Display):
+    """rich Live: the batch with its ETA, and each running build with its builder phase."""
+
+    def __init__(self, out: TextIO, verbose: bool = False) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=out)
+        self.verbose = verbose
+        self.live: Any = None
+        self.batch = Batch((), {}, 1)
+        self.done: set[str] = set()
+        self.started: dict[str, float] = {}
+        self.phases: dict[str, str] = {}
+
+    def start(self, batch: Batch) -> None:
+        from rich.live import Live
+
+        self.batch = batch
+        self.live = Live(
+            self._render(),
+            console=self.console,
+            refresh_per_second=8,
+            transient=True,
+            get_renderable=self._render,
+        )
+        self.live.start()
+
+    def event(self, event: ProgressEvent) -> None:
+        if event.kind == "start":
+            self.started[event.cell_id] = time.monotonic()
+            self.phases[event.cell_id] = "starting"
+        elif event.kind == "phase":
+            self.phases[event.cell_id] = event.phase
+        elif event.kind == "step" and event.steps:
+            self.phases[event.cell_id] = f"{event.phase} {event.step}/{event.steps}"
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.done.add(outcome.cell_id)
+        self.phases.pop(outcome.cell_id, None)
+        if self.live is not None and (self.verbose or outcome.status is Status.FAILED):
+            self.live.console.print(outcome_line(outcome), markup=False, highlight=False)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        total, done = len(self.batch.cells), len(self.done)
+        eta = self.batch.eta(self.done, self.started)
+        table.add_row(f"[bold]building[/] {done}/{total}", f"ETA {seconds_text(eta)}")
+        now = time.monotonic()
+        for cell, phase in sorted(self.phases.items()):
+            spent = now - self.started.get(cell, now)
+            table.add_row(f"  {cell}", f"[dim]{phase} ({spent:.1f} s)[/]")
+        return table
+
+
+def make_display(quiet: bool, verbose: bool, out: TextIO | None = None) -> Display:
+    out = out or sys.stdout
+    if quiet:
+        return Display()
+    if out.isatty():
+        return RichDisplay(out, verbose)
+    return PlainDisplay(out, verbose)
+
+
+def outcome_line(outcome: Outcome) -> str:
+    if outcome.status is Status.BUILT:
+        return f"built {outcome.cell_id} in {seconds_text(outcome.seconds)}"
+    if outcome.status is Status.FAILED:
+        return f"FAILED {outcome.cell_id} after {seconds_text(outcome.seconds)}: {outcome.detail}"
+    detail = f": {outcome.detail}" if outcome.detail else ""
+    return f"{outcome.status} {outcome.cell_id}{detail}"
+
+
+def seconds_text(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+# ------------------------------------------------------------------------------- summary
+
+ORDER = (Status.BUILT, Status.UP_TO_DATE, Status.SKIPPED, Status.FAILED, Status.NOT_STARTED)
+
+
+def summary_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, int, float]]:
+    rows = []
+    for status in ORDER:
+        chosen = [o for o in outcomes if o.status is status]
+        if chosen or status in (Status.BUILT, Status.UP_TO_DATE, Status.FAILED):
+            rows.append((str(status), len(chosen), sum(o.seconds for o in chosen)))
+    return rows
+
+
+def print_summary(
+    outcomes: Sequence[Outcome], elapsed: float, quiet: bool, out: TextIO | None = None
+) -> None:
+    """Counts and times per status, then every failed and skipped cell with its reason."""
+    out = out or sys.stdout
+    notable = [o for o in outcomes if o.status in (Status.FAILED, Status.SKIPPED)]
+    if quiet:
+        for outcome in notable:
+            if outcome.status is Status.FAILED:
+                print(outcome_line(outcome), file=sys.stderr)
+        return
+    if out.isatty():
+        _rich_summary(outcomes, notable, elapsed, out)
+        return
+    counts = ", ".join(
+        f"{count} {label}" + (f" ({seconds_text(secs)})" if secs else "")
+        for label, count, secs in summary_rows(outcomes)
+    )
+    print(f"summary: {counts}; wall {seconds_text(elapsed)}", file=out)
+    for outcome in notable:
+        print(f"  {outcome_line(outcome)}", file=out)
+
+
+def _rich_summary(
+    outcomes: Sequence[Outcome], notable: Sequence[Outcome], elapsed: float, out: TextIO
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out)
+    table = Table(title=f"rtx-matrix build ({seconds_text(elapsed)} wall)")
+    table.add_column("status")
+    table.add_column("cells", justify="right")
+    table.add_column("build time", justify="right")
+    for label, count, secs in summary_rows(outcomes):
+        style = "red" if label == str(Status.FAILED) and count else ""
+        table.add_row(label, str(count), seconds_text(secs) if secs else "-", style=style)
+    console.print(table)
+    if notable:
+        details = Table("cell", "status", "reason", title="failed and skipped cells")
+        for outcome in notable:
+            style = "red" if outcome.status is Status.FAILED else "yellow"
+            details.add_row(outcome.cell_id, str(outcome.status), outcome.detail, style=style)
+        console.print(details)

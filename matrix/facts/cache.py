@@ -1,0 +1,172 @@
+"""ModelFacts cached on disk, keyed by the stat of the model and its external-data files.
+
+A no-op `build` reads facts for every model: this module must stay cheap to import and
+to hit (no `onnx` import, one small JSON file per model, a few `stat` calls).
+
+Like git's "racily clean" index entries: a file modified within the same coarse clock tick
+as its inspection could change again without its stat changing. Entries stored that soon
+after the files' mtime are marked racy and checked by content digest until they age.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from matrix.atomic import write_atomic
+from matrix.cache_dir import cache_dir
+from matrix.facts.onnx_inspect import content_digest, inspect_model
+from matrix.facts.types import ModelFacts, TensorInfo
+
+CACHE_VERSION = 2
+"""Bump when `inspect_model` learns something new, so old entries are re-inspected."""
+
+RACY_NS = 2_000_000_000
+"""Files modified this recently (coarse mtimes, FAT's 2 s) may change without a new stat."""
+
+Stamp = tuple[int, int, int]
+
+
+class FactsCache:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory if directory is not None else cache_dir()
+
+    def get(self, path: Path) -> ModelFacts:
+        """Facts of the model at `path`: cached when its files are unchanged, else inspected.
+
+        Raises `matrix.facts.onnx_inspect.ModelFileError` when the model cannot be used.
+        """
+        path = Path(os.path.abspath(path))
+        entry_file = self.entry_path(path)
+        cached = _cached(entry_file, path)
+        if cached is not None:
+            return cached
+        before = _stamps(path, ())
+        facts = inspect_model(path)
+        after = _stamps(path, facts.external_files)
+        # A model rewritten while we read it must not be cached under its new stamp.
+        if after is not None and before is not None and before[""] == after[""]:
+            _store_entry(entry_file, _entry(path, after, facts))
+        return facts
+
+    def entry_path(self, path: Path) -> Path:
+        name = hashlib.sha256(os.fsencode(path)).hexdigest()
+        return self.directory / f"{name}.json"
+
+
+def _stamp(file: Path) -> Stamp:
+    st = file.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _stamps(path: Path, external_files: tuple[str, ...]) -> dict[str, Stamp] | None:
+    """Stat of the model ("") and each external file; None when one vanished meanwhile."""
+    try:
+        stamps = {"": _stamp(path)}
+        for name in external_files:
+            stamps[name] = _stamp(path.parent / name)
+    except OSError:
+        return None
+    return stamps
+
+
+def _is_racy(stamps: dict[str, Stamp]) -> bool:
+    newest = max(mtime for _, mtime, _ in stamps.values())
+    return time.time_ns() - newest < RACY_NS
+
+
+def _cached(entry_file: Path, path: Path) -> ModelFacts | None:
+    loaded = _load_entry(entry_file, path)
+    if loaded is None:
+        return None
+    facts, stamps, racy = loaded
+    if not racy:
+        return facts
+    try:
+        unchanged = content_digest(path, facts.external_files) == facts.digest
+    except OSError:
+        return None
+    if not unchanged:
+        return None
+    if not _is_racy(stamps):
+        _store_entry(entry_file, _entry(path, stamps, facts))
+    return facts
+
+
+def _load_entry(entry_file: Path, path: Path) -> tuple[ModelFacts, dict[str, Stamp], bool] | None:
+    """(facts, stamps, racy) when the entry is sound and every stamp still matches."""
+    try:
+        entry = json.loads(entry_file.read_bytes())
+        if entry["version"] != CACHE_VERSION or entry["path"] != str(path):
+            return None
+        facts = facts_from_json(entry["facts"])
+        stamps = _stamps(path, facts.external_files)
+        recorded = {name: tuple(stamp) for name, stamp in entry["stamps"].items()}
+        if stamps is None or recorded != stamps:
+            return None
+        return facts, stamps, bool(entry["racy"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # Missing or corrupt entry, or a model that changed: inspect again.
+        return None
+
+
+def _store_entry(entry_file: Path, entry: dict[str, Any]) -> None:
+    """Write atomically; a cache we cannot write is no error, only a slower next run."""
+    with contextlib.suppress(OSError):
+        write_atomic(entry_file, json.dumps(entry, sort_keys=True), durable=False)
+
+
+def _entry(path: Path, stamps: dict[str, Stamp], facts: ModelFacts) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "path": str(path),
+        "stamps": {name: list(stamp) for name, stamp in stamps.items()},
+        "racy": _is_racy(stamps),
+        "facts": facts_to_json(facts),
+    }
+
+
+def _tensor_to_json(tensor: TensorInfo) -> dict[str, Any]:
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
+
+
+def _tensor_from_json(data: dict[str, Any]) -> TensorInfo:
+    shape = tuple(d if d is None or isinstance(d, (int, str)) else int(d) for d in data["shape"])
+    return TensorInfo(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+
+
+def facts_to_json(facts: ModelFacts) -> dict[str, Any]:
+    return {
+        "path": facts.path,
+        "dtypes": sorted(facts.dtypes),
+        "fp32_gemm": facts.fp32_gemm,
+        "inputs": [_tensor_to_json(t) for t in facts.inputs],
+        "outputs": [_tensor_to_json(t) for t in facts.outputs],
+        "digest": facts.digest,
+        "graph_digest": facts.graph_digest,
+        "weights_digest": facts.weights_digest,
+        "size": facts.size,
+        "external_files": list(facts.external_files),
+        "opset": facts.opset,
+    }
+
+
+def facts_from_json(data: dict[str, Any]) -> ModelFacts:
+    return ModelFacts(
+        path=str(data["path"]),
+        dtypes=frozenset(str(d) for d in data["dtypes"]),
+        fp32_gemm=bool(data["fp32_gemm"]),
+        inputs=tuple(_tensor_from_json(t) for t in data["inputs"]),
+        outputs=tuple(_tensor_from_json(t) for t in data["outputs"]),
+        digest=str(data["digest"]),
+        graph_digest=str(data["graph_digest"]),
+        weights_digest=str(data["weights_digest"]),
+        size=int(data["size"]),
+        external_files=tuple(str(f) for f in data["external_files"]),
+        opset=int(data["opset"]),
+    )

@@ -1,0 +1,106 @@
+"""ONNX facts for every model of a manifest, and the checks that need both.
+
+Bad model files and profiles that contradict their model are bad input: every problem
+of the manifest is collected and raised at once as one InputError, located in the YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from matrix.errors import InputError, Problem
+from matrix.facts.cache import FactsCache
+from matrix.facts.onnx_inspect import ModelFileError
+from matrix.facts.types import ModelFacts, TensorInfo
+from matrix.manifest.loader import display_path
+from matrix.manifest.suggest import did_you_mean
+from matrix.manifest.types import InputShape, Manifest, Model
+from matrix.manifest.yaml_nodes import child_path
+
+
+def gather_facts(manifest: Manifest, cache: FactsCache) -> dict[str, ModelFacts]:
+    """Facts keyed by model name; each distinct ONNX file is inspected once."""
+    by_file: dict[Path, ModelFacts | ModelFileError] = {}
+    facts: dict[str, ModelFacts] = {}
+    problems: list[Problem] = []
+    for model in manifest.models:
+        if model.onnx not in by_file:
+            by_file[model.onnx] = _inspect(cache, model.onnx)
+        found = by_file[model.onnx]
+        if isinstance(found, ModelFileError):
+            where = f"$.models[{model.index}].onnx"
+            problems.append(_problem(manifest, where, f"{model.onnx_rel}: {found.reason}"))
+            continue
+        facts[model.name] = found
+        problems.extend(
+            _problem(manifest, where, message) for where, message in _profile_problems(model, found)
+        )
+    if problems:
+        raise InputError(problems)
+    return facts
+
+
+def _inspect(cache: FactsCache, path: Path) -> ModelFacts | ModelFileError:
+    try:
+        return cache.get(path)
+    except ModelFileError as error:
+        return error
+
+
+def _problem(manifest: Manifest, json_path: str, message: str) -> Problem:
+    line, column = manifest.locate(json_path) or (None, None)
+    return Problem(
+        file=display_path(manifest.path),
+        message=message,
+        line=line,
+        column=column,
+        json_path=json_path,
+    )
+
+
+def _profile_problems(model: Model, facts: ModelFacts) -> Iterator[tuple[str, str]]:
+    """(JSON path, message) for each profile shape the model contradicts."""
+    inputs = {t.name: t for t in facts.inputs}
+    for index, profile in enumerate(model.profiles):
+        base = f"$.models[{model.index}].profiles[{index}]"
+        for shape in profile.shapes:
+            where = child_path(base, shape.input)
+            tensor = inputs.get(shape.input)
+            if tensor is None:
+                hint = did_you_mean(shape.input, inputs) or _known_inputs(inputs)
+                yield where, f"the model has no input {shape.input!r}{hint}"
+                continue
+            yield from _shape_problems(where, tensor, shape)
+
+
+def _known_inputs(inputs: dict[str, TensorInfo]) -> str:
+    names = ", ".join(repr(n) for n in inputs)
+    return f" (its inputs: {names})" if names else " (it has no inputs)"
+
+
+def _shape_problems(where: str, tensor: TensorInfo, shape: InputShape) -> Iterator[tuple[str, str]]:
+    # The loader has already checked that min, opt and max agree on the rank.
+    if len(shape.min) != len(tensor.shape):
+        yield (
+            where,
+            (
+                f"input {tensor.name!r} {_show(tensor.shape)} has rank {len(tensor.shape)}, "
+                f"but the profile gives it {len(shape.min)} dims"
+            ),
+        )
+        return
+    for kind, dims in (("min", shape.min), ("opt", shape.opt), ("max", shape.max)):
+        for axis, (fixed, given) in enumerate(zip(tensor.shape, dims, strict=True)):
+            if isinstance(fixed, int) and fixed >= 0 and given != fixed:
+                yield (
+                    f"{child_path(where, kind)}[{axis}]",
+                    (
+                        f"input {tensor.name!r} {_show(tensor.shape)} has dim {axis} fixed at "
+                        f"{fixed}, but {kind} gives {given}"
+                    ),
+                )
+
+
+def _show(shape: tuple[int | str | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

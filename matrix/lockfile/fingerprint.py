@@ -1,0 +1,82 @@
+"""Fingerprints: one digest of every input that decides an engine's bytes.
+
+Two builds with the same fingerprint are interchangeable, so a cell whose fingerprint equals
+the lock's (and whose engine is intact) needs no rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from matrix.facts.types import ModelFacts
+from matrix.lockfile.types import PlanStamp
+from matrix.manifest.types import BuilderOptions
+from matrix.plan.types import Cell, Plan
+
+FORMAT = 1
+"""Bump when what goes into a fingerprint changes: every cell then rebuilds once."""
+
+
+def build_options(cell: Cell) -> dict[str, Any]:
+    """Builder options and optimization profiles of a cell, as the lock records them."""
+    return {
+        "builder": cell.model.builder.as_dict(),
+        "profiles": [profile.as_dict() for profile in cell.model.profiles],
+    }
+
+
+def fingerprint(
+    cell: Cell,
+    facts: ModelFacts,
+    tensorrt_rtx_version: str,
+    resolved_targets: Iterable[str],
+    options: BuilderOptions | None = None,
+) -> str:
+    """sha256 of the canonical JSON of what decides the engine bytes.
+
+    A weightless engine holds no weights (they come back at refit), so only the graph digest
+    counts for it: a weights-only change leaves it valid. `options` overrides the model's
+    builder options when the caller merged them with the manifest's itself.
+    """
+    recorded = build_options(cell)
+    if options is not None:
+        recorded["builder"] = options.as_dict()
+    inputs = {
+        "format": FORMAT,
+        "model": facts.graph_digest if cell.weightless else facts.digest,
+        "targets": list(resolved_targets),
+        "gpu_build": cell.target.current,
+        "weightless": cell.weightless,
+        "options": recorded,
+        "tensorrt_rtx": tensorrt_rtx_version,
+    }
+    return digest_of(inputs)
+
+
+def digest_of(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def plan_stamp(
+    plan: Plan, tensorrt_rtx_version: str, known: Mapping[str, str] | None = None
+) -> PlanStamp:
+    """Identifies a plan across machines: shard locks must carry the same stamp to merge.
+
+    Covers the buildable cells (verdict build or needs-gpu) and uses the targets as asked
+    (`current` unresolved), so hosts with different GPUs, or none, agree on the stamp.
+    `known`: fingerprints already computed for cells whose targets need no resolving.
+    """
+    known = known or {}
+    pairs = sorted(
+        (cell.id, known.get(cell.id) or planned_fingerprint(cell, plan, tensorrt_rtx_version))
+        for cell in plan.buildable
+    )
+    return PlanStamp(digest=digest_of(pairs), cells=tuple(cell_id for cell_id, _ in pairs))
+
+
+def planned_fingerprint(cell: Cell, plan: Plan, tensorrt_rtx_version: str) -> str:
+    return fingerprint(cell, plan.facts[cell.model.name], tensorrt_rtx_version, cell.target.spec)

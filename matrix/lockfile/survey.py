@@ -1,0 +1,163 @@
+"""Where a manifest stands: its plan, its lock, and which chosen cells are stale and why.
+
+The read-only front half shared by `build`, `build --dry-run/--check` and `status`: it reads
+the manifest, the facts cache, the lock and the stamps, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matrix.errors import InputError
+from matrix.gpu import Gpu
+from matrix.lockfile.freshness import CellState, Freshness, check
+from matrix.lockfile.io import read_lock
+from matrix.lockfile.stamps import Stamps
+from matrix.lockfile.types import Lock
+from matrix.plan.load import load_plan
+from matrix.plan.types import Cell, Plan
+from matrix.versions import installed_tensorrt_rtx
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Where a manifest stands: its plan, lock and the freshness of the chosen cells."""
+
+    plan: Plan
+    lock_path: Path
+    lock: Lock | None
+    stamps: Stamps
+    freshness: Freshness
+    gpu: Gpu | None
+    gpu_missing: str | None
+    """Why cells that need a GPU cannot be built here; None when they can (or there are none)."""
+    removed: tuple[str, ...]
+    """Lock entries of cells this run no longer owns: they leave the lock after a full run."""
+    shard: str | None = None
+    """`K/N` for `--shard`: the lock then holds only this shard's cells."""
+    lock_signature: tuple[int, int, int] | None = None
+    """(inode, size, mtime_ns) of the lockfile as read; None when there was none. Every lock
+    write is a rename onto it, so a rewrite changes the inode even within one mtime tick."""
+    chosen: tuple[Cell, ...] = ()
+    """The cells the run's patterns name (all when none), buildable or not."""
+
+    def still_current(self) -> bool:
+        """Whether the lockfile is as this survey read it: every build rewrites the lock, so
+        then no other run built anything since, and the survey need not be made again."""
+        return lock_signature(self.lock_path) == self.lock_signature
+
+    def buildable_here(self, state: CellState) -> bool:
+        return not state.cell.needs_gpu or self.gpu is not None
+
+    @property
+    def to_build(self) -> tuple[CellState, ...]:
+        return tuple(s for s in self.freshness.stale if self.buildable_here(s))
+
+    @property
+    def skipped(self) -> tuple[CellState, ...]:
+        return tuple(s for s in self.freshness.stale if not self.buildable_here(s))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which cells a run answers for: named ones (ids, model names, globs), one CI shard's,
+    one pool's, or all."""
+
+    patterns: tuple[str, ...] = ()
+    shard: str | None = None
+    pool: str | None = None
+    shard_strategy: str = "balanced"
+
+
+def survey(
+    manifest: Path,
+    scope: Scope = Scope(),
+    *,
+    verify: bool = False,
+    force: bool = False,
+    device: int | None = None,
+    lock_output: str | None = None,
+) -> Survey:
+    patterns = scope.patterns
+    plan = load_plan(manifest)
+    chosen = select_cells(plan, patterns)
+    gpu, gpu_missing = None, None
+    if any(cell.needs_gpu for cell in chosen):
+        gpu, gpu_missing = find_gpu(device)
+        if gpu is not None and any(cell.target.current for cell in plan.cells):
+            plan = replan(plan, gpu)
+            chosen = select_cells(plan, patterns)
+    lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
+    stamps = Stamps.load(plan.manifest.output.resolve())
+    signature = lock_signature(lock_path)
+    lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
+    owned, shard = owned_cells(scope, plan)
+    buildable = [cell for cell in chosen if cell.id in owned]
+    fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=verify, force=force)
+    removed = tuple(sorted(set(lock.engines) - owned)) if lock and not patterns else ()
+    return Survey(
+        plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature,
+        tuple(chosen),
+    )
+
+
+def lock_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def owned_cells(scope: Scope, plan: Plan) -> tuple[set[str], str | None]:
+    """Ids of the buildable cells this run answers for (all, or one shard's), and the shard."""
+    shard, pool = scope.shard, scope.pool
+    if shard is None and pool is None:
+        return {cell.id for cell in plan.buildable}, None
+    from matrix.ci.sharding import cells_in_pool, parse_shard, shard_of_plan
+
+    if shard is None:
+        return {cell.id for cell in cells_in_pool(plan.buildable, pool)}, None
+    committed = read_lock(plan.manifest.lock_path)  # balances shards by recorded build times
+    cells = shard_of_plan(plan, shard, scope.shard_strategy, pool, committed)
+    k, n = parse_shard(shard)
+    return {cell.id for cell in cells}, f"{k}/{n}"
+
+
+def select_cells(plan: Plan, patterns: Sequence[str]) -> list[Cell]:
+    """Cells named by id, model name or glob; every cell when no pattern is given."""
+    if not patterns:
+        return list(plan.cells)
+    chosen: list[Cell] = []
+    for pattern in patterns:
+        matched = [
+            cell
+            for cell in plan.cells
+            if pattern in (cell.id, cell.model.name) or fnmatch.fnmatchcase(cell.id, pattern)
+        ]
+        if not matched:
+            raise InputError(f"no cell matches {pattern!r} (give a cell id, model name or glob)")
+        chosen.extend(cell for cell in matched if cell not in chosen)
+    return chosen
+
+
+def find_gpu(device: int | None) -> tuple[Gpu | None, str | None]:
+    from matrix.gpu import discover, gpu_skip_reason
+
+    inventory = discover()
+    reason = gpu_skip_reason(inventory, device)
+    if reason is not None:
+        return None, reason
+    return inventory.pick(device), None
+
+
+def replan(plan: Plan, gpu: Gpu) -> Plan:
+    """The plan again, with `current` cells judged for this GPU's CC."""
+    from matrix.plan.planner import make_plan
+    from matrix.plan.rules import rules_for
+
+    return make_plan(plan.manifest, plan.facts, rules_for(installed_tensorrt_rtx()), current=gpu.cc)

@@ -1,0 +1,31 @@
+"""Manifest path to Plan: the read-only front half that `plan`, `build` and `status` share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # kept out of the import: every command's argument parsing imports this
+    from matrix.plan.capabilities import CC
+    from matrix.plan.types import Plan
+
+DEFAULT_MANIFEST = "rtx-matrix.yaml"
+
+
+def resolve_manifest(given: str | None) -> Path:
+    return Path(given if given else DEFAULT_MANIFEST)
+
+
+def load_plan(manifest_path: Path, current: CC | None = None) -> Plan:
+    """Load, inspect and plan. Raises InputError listing every problem; writes nothing
+    but the facts cache (a cache of what the ONNX files say, outside the project)."""
+    from matrix.facts.cache import FactsCache
+    from matrix.facts.collect import gather_facts
+    from matrix.manifest.loader import load_manifest
+    from matrix.plan.planner import make_plan
+    from matrix.plan.rules import rules_for
+    from matrix.versions import installed_tensorrt_rtx
+
+    manifest = load_manifest(manifest_path)
+    facts = gather_facts(manifest, FactsCache())
+    return make_plan(manifest, facts, rules_for(installed_tensorrt_rtx()), current=current)

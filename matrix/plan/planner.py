@@ -1,0 +1,262 @@
+"""Expand a manifest into the build matrix and judge every cell. Pure: no builds, no writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from matrix.facts.types import ModelFacts
+from matrix.manifest.types import Manifest, Model, Target
+from matrix.plan import rules as R
+from matrix.plan.capabilities import CC, NEWER, mask_of
+from matrix.plan.rules import RULES_1_7, RuleSet
+from matrix.plan.types import Cell, Plan, Reason, Severity, Verdict, cell_id
+
+
+def make_plan(
+    manifest: Manifest,
+    facts: Mapping[str, ModelFacts],
+    rules: RuleSet = RULES_1_7,
+    current: CC | None = None,
+) -> Plan:
+    """Every model × target × weightless cell, in manifest order, with its verdict.
+
+    `current` is the CC of the building GPU when known: `current` cells are then judged like
+    an explicit CC. Without it they are judged on what can be known before a GPU is found.
+    """
+    cells = tuple(
+        make_cell(manifest, model, target, weightless, facts[model.name], rules, current)
+        for model in manifest.models
+        for target in model.targets
+        for weightless in model.weightless
+    )
+    return Plan(manifest=manifest, cells=cells, facts=facts, tensorrt_rtx=rules.tensorrt_rtx)
+
+
+def make_cell(
+    manifest: Manifest,
+    model: Model,
+    target: Target,
+    weightless: bool,
+    facts: ModelFacts,
+    rules: RuleSet,
+    current: CC | None,
+) -> Cell:
+    ident = cell_id(model.name, target.name, weightless)
+    for index, exclusion in enumerate(manifest.exclude):
+        if exclusion.matches(model.name, target.name, weightless):
+            reason = Reason(R.EXCLUDED, f"excluded by exclude[{index}]", Severity.INFO)
+            return Cell(ident, model, target, weightless, Verdict.EXCLUDED, (reason,), (), False)
+
+    reasons = judge(model, target, weightless, facts, rules, current)
+    needs_gpu = target.current or weightless
+    if any(r.severity is Severity.ERROR for r in reasons):
+        verdict = Verdict.REJECTED
+    else:
+        verdict = Verdict.NEEDS_GPU if needs_gpu else Verdict.BUILD
+    runs_on = runs_on_of(target, facts, rules, current)
+    return Cell(ident, model, target, weightless, verdict, reasons, runs_on, needs_gpu)
+
+
+def judge(
+    model: Model,
+    target: Target,
+    weightless: bool,
+    facts: ModelFacts,
+    rules: RuleSet,
+    current: CC | None,
+) -> tuple[Reason, ...]:
+    """Every rule's say on one cell: errors reject it, warnings and notes explain it."""
+    ccs = explicit_ccs(target, current)
+    return (
+        *current_reasons(target),
+        *weightless_reasons(target, weightless, rules),
+        *dtype_reasons(target, ccs, facts, rules),
+        *turing_reasons(ccs, facts, rules),
+        *profile_reasons(model, facts),
+    )
+
+
+def explicit_ccs(target: Target, current: CC | None) -> tuple[CC, ...]:
+    """The CCs the engine is built for, when they are known before building."""
+    if target.current and not target.ccs:
+        return (current,) if current is not None else ()
+    return target.ccs
+
+
+def current_reasons(target: Target) -> tuple[Reason, ...]:
+    if not target.current:
+        return ()
+    if target.ccs:
+        others = ", ".join(cc.name for cc in target.ccs)
+        return (
+            Reason(
+                R.CURRENT_ALONE,
+                f"'current' must be the only target of a build, but {target.name} also lists "
+                f"{others}",
+                Severity.ERROR,
+            ),
+        )
+    return (
+        Reason(
+            R.CURRENT_NEEDS_GPU,
+            "builds for the GPU of the building machine: needs a TensorRT-RTX GPU",
+            Severity.INFO,
+        ),
+    )
+
+
+def weightless_reasons(target: Target, weightless: bool, rules: RuleSet) -> tuple[Reason, ...]:
+    if not weightless:
+        return ()
+    count = len(target.ccs) + target.current
+    if count > rules.weightless_max_ccs:
+        return (
+            Reason(
+                R.WEIGHTLESS_ONE_CC,
+                f"a weightless build takes at most {rules.weightless_max_ccs} compute "
+                f"capability, but {target.name} has {count}",
+                Severity.ERROR,
+            ),
+        )
+    return (
+        Reason(
+            R.WEIGHTLESS_NEEDS_GPU,
+            "weightless (STRIP_PLAN + REFIT) builds need a TensorRT-RTX GPU",
+            Severity.INFO,
+        ),
+    )
+
+
+def required_cc(facts: ModelFacts, rules: RuleSet) -> tuple[CC, tuple[str, ...]] | None:
+    """The lowest CC that can run every dtype of the model, with the dtypes that demand it."""
+    table = rules.dtype_min_cc
+    needs = {dtype: table[dtype] for dtype in facts.dtypes if dtype in table}
+    if not needs:
+        return None
+    highest = max(needs.values())
+    return highest, tuple(sorted(d for d, cc in needs.items() if cc == highest))
+
+
+def dtype_reasons(
+    target: Target, ccs: tuple[CC, ...], facts: ModelFacts, rules: RuleSet
+) -> tuple[Reason, ...]:
+    reasons: list[Reason] = []
+    for dtype in sorted(facts.dtypes):
+        minimum = rules.dtype_min_cc.get(dtype)
+        if minimum is None:
+            continue
+        too_old = [cc.name for cc in ccs if cc < minimum]
+        if too_old:
+            label = rules.dtype_labels[dtype]
+            reasons.append(
+                Reason(
+                    R.DTYPE_NEEDS,
+                    f"the model uses {label}, which needs CC {minimum.dotted} or newer; "
+                    f"{', '.join(too_old)} cannot run it",
+                    Severity.ERROR,
+                )
+            )
+    if target.is_default:
+        required = required_cc(facts, rules)
+        if required is not None:
+            minimum, dtypes = required
+            labels = "/".join(rules.dtype_labels[d] for d in dtypes)
+            reasons.append(
+                Reason(
+                    R.DEFAULT_NARROWED,
+                    f"the model uses {labels}: the default engine runs only on CC "
+                    f"{minimum.dotted} and newer",
+                    Severity.INFO,
+                )
+            )
+    return tuple(reasons)
+
+
+def turing_reasons(ccs: tuple[CC, ...], facts: ModelFacts, rules: RuleSet) -> tuple[Reason, ...]:
+    reasons: list[Reason] = []
+    refused = [cc.name for cc in ccs if cc in rules.fp32_gemm_refused]
+    if refused and facts.fp32_gemm:
+        reasons.append(
+            Reason(
+                R.TURING_FP32_GEMM,
+                f"the model has a float32 MatMul/Gemm, which TensorRT-RTX cannot compile for "
+                f"{', '.join(refused)} (FP32 GEMM is not supported on Turing); use FP16",
+                Severity.ERROR,
+            )
+        )
+    alone_only = [cc.name for cc in ccs if cc in rules.fast_only_when_alone]
+    if alone_only and len(ccs) > 1:
+        reasons.append(
+            Reason(
+                R.TURING_MIXED,
+                f"{', '.join(alone_only)} mixed with other targets: the engine is not "
+                "guaranteed to be fast on Ampere and later; build Turing separately",
+                Severity.WARNING,
+            )
+        )
+    return tuple(reasons)
+
+
+def profile_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:
+    dynamic = [t.name for t in facts.dynamic_inputs]
+    if not dynamic:
+        return ()
+    if not model.profiles:
+        return (
+            Reason(
+                R.DYNAMIC_NEEDS_PROFILE,
+                f"input {', '.join(repr(n) for n in dynamic)} has dynamic dims and the model "
+                "has no optimization profile; add `profiles:` with min/opt/max shapes",
+                Severity.ERROR,
+            ),
+        )
+    reasons = []
+    for index, profile in enumerate(model.profiles):
+        given = {s.input for s in profile.shapes}
+        missing = [n for n in dynamic if n not in given]
+        if missing:
+            reasons.append(
+                Reason(
+                    R.DYNAMIC_NEEDS_PROFILE,
+                    f"profiles[{index}] gives no shapes for dynamic input "
+                    f"{', '.join(repr(n) for n in missing)}",
+                    Severity.ERROR,
+                )
+            )
+    return tuple(reasons)
+
+
+def runs_on_of(
+    target: Target, facts: ModelFacts, rules: RuleSet, current: CC | None
+) -> tuple[str, ...]:
+    """The GPUs the engine will run on, as CC names, `newer` for GPUs past the table."""
+    if target.current:
+        if target.ccs:
+            return ()
+        return (current.name,) if current is not None else ("current",)
+    if target.ccs:
+        return tuple(cc.name for cc in target.ccs)
+    required = required_cc(facts, rules)
+    floor = required[0] if required else None
+    return (
+        *(cc.name for cc in rules.default_targets if floor is None or cc >= floor),
+        NEWER,
+    )
+
+
+def build_ccs(cell: Cell, current: CC | None = None) -> tuple[str, ...]:
+    """CC names to hand the builder: () for the library default."""
+    return tuple(cc.name for cc in explicit_ccs(cell.target, current))
+
+
+def expected_mask(cell: Cell) -> int | None:
+    """The engine-header CC mask a CPU build of this cell must produce; None when unknown."""
+    if cell.needs_gpu:
+        return None
+    if cell.target.ccs:
+        return mask_of(cell.target.ccs)
+    return DEFAULT_MASK
+
+
+DEFAULT_MASK = mask_of(RULES_1_7.default_targets, newer=True)
+"""0x7e, measured: the default build's header names every default target whatever the dtypes."""

@@ -1,0 +1,137 @@
+"""Executor orchestration: the lock book, and the stop/keep-going logic with a fake pool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from matrix.build import executor
+from matrix.build.executor import Job, LockBook, Outcome, Run, RunOptions, Status
+from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.lockfile.stamps import Stamps
+from matrix.lockfile.types import Lock, PlanStamp
+from matrix.manifest.types import BuilderOptions
+from tests.lockfile.test_lockfile import entry
+
+
+def header() -> Lock:
+    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanStamp("e" * 64, ()))
+
+
+def on_disk(path: Path) -> list[str]:
+    return sorted(json.loads(path.read_text())["engines"])
+
+
+def test_lock_book_writes_every_cell_then_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = tmp_path / "m.lock"
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"x")
+    book = LockBook(lock, header(), {"old@sm86": entry("old")}, Stamps.load(tmp_path), None)
+    book.add("a@sm86", entry("a"), engine)
+    assert on_disk(lock) == ["a@sm86", "old@sm86"]
+    book.drop(["old@sm86"])
+    assert on_disk(lock) == ["a@sm86"]
+
+    # Every write now counts as slow (as for a lock of thousands of entries) and backs off.
+    monkeypatch.setattr(executor, "SLOW_WRITE", -1.0)
+    monkeypatch.setattr(executor, "WRITE_BACKOFF", 1e9)
+    book.drop(["a@sm86"])  # drops always write: an engine is about to be replaced
+    book.add("b@sm86", entry("b"), engine)  # delayed
+    assert on_disk(lock) == []
+    book.flush()
+    assert on_disk(lock) == ["b@sm86"]
+
+
+def test_lock_book_leaves_an_unchanged_lock_alone(tmp_path: Path) -> None:
+    lock = tmp_path / "m.lock"
+    from matrix.lockfile.io import lock_to_json, write_lock
+
+    existing = Lock(**{**header().__dict__, "engines": MappingProxyType({"a@sm86": entry("a")})})
+    write_lock(lock, existing)
+    before = lock.stat().st_mtime_ns
+    book = LockBook(lock, header(), existing.engines, Stamps.load(tmp_path), lock_to_json(existing))
+    book.flush()
+    assert lock.stat().st_mtime_ns == before
+
+
+class FakePool:
+    """Stands in for WorkerPool: 'builds' instantly, failing the cells named in `fail`."""
+
+    def __init__(self, jobs: int, fail: set[str]) -> None:
+        self.jobs = jobs
+        self.fail = fail
+        self.queue: list[BuildRequest] = []
+        self.started: list[str] = []
+
+    def submit(self, request: BuildRequest) -> None:
+        self.queue.append(request)
+
+    def results(self, on_event: Callable[[ProgressEvent], None]) -> Iterator[BuildResult]:
+        while self.queue:
+            request = self.queue.pop(0)
+            self.started.append(request.cell_id)
+            on_event(ProgressEvent(request.cell_id, "start"))
+            ok = request.cell_id not in self.fail
+            yield BuildResult(request.cell_id, ok, 0.1, error=None if ok else "boom")
+
+
+def fake_jobs(*ids: str) -> list[Job]:
+    def request(cell_id: str) -> BuildRequest:
+        return BuildRequest(cell_id, "m.onnx", (), False, False, BuilderOptions(), (), "", "")
+
+    return [Job(state=None, request=request(i), on_gpu=False) for i in ids]  # type: ignore[arg-type]
+
+
+def drain(keep_going: bool, fail: set[str], jobs: int = 1) -> tuple[list[Any], FakePool]:
+    run = Run(plan=None, book=None, options=RunOptions(jobs, keep_going), gpu=None)  # type: ignore[arg-type]
+    pool = FakePool(jobs, fail)
+    executor._drain_pool(run, pool, fake_jobs("c1", "c2", "c3"))
+    messages = []
+    while not run.messages.empty():
+        kind, payload = run.messages.get()
+        if kind == "outcome":
+            messages.append((payload.cell_id, payload.status))
+    return messages, pool
+
+
+def test_orchestration_with_fake_builder_stops_starting_after_a_failure() -> None:
+    outcomes, pool = drain(keep_going=False, fail={"c1"})
+    assert pool.started == ["c1"]
+    assert outcomes == [
+        ("c1", Status.FAILED),
+        ("c2", Status.NOT_STARTED),
+        ("c3", Status.NOT_STARTED),
+    ]
+
+
+def test_orchestration_with_fake_builder_keeps_going(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: list[str] = []
+
+    def record(run: Run, job: Job, result: BuildResult) -> Outcome:
+        recorded.append(result.cell_id)
+        status = Status.BUILT if result.ok else Status.FAILED
+        return Outcome(result.cell_id, status, result.seconds, result.error or "")
+
+    monkeypatch.setattr(executor, "_record", record)
+    outcomes, pool = drain(keep_going=True, fail={"c1"}, jobs=2)
+    assert pool.started == ["c1", "c2", "c3"]
+    assert outcomes == [("c1", Status.FAILED), ("c2", Status.BUILT), ("c3", Status.BUILT)]
+
+
+def test_an_engine_gone_before_it_is_recorded_fails_its_cell(tmp_path: Path) -> None:
+    book = LockBook(tmp_path / "m.lock", header(), {}, Stamps.load(tmp_path), None)
+    run = Run(plan=None, book=book, options=RunOptions(), gpu=None)  # type: ignore[arg-type]
+    state = type("State", (), {"engine": tmp_path / "gone.engine"})()
+    job = Job(state=state, request=fake_jobs("c1")[0].request, on_gpu=False)  # type: ignore[arg-type]
+    result = BuildResult("c1", True, 0.5, sha256="0" * 64, size=1, header_mask=1)
+    outcome = executor._record(run, job, result)
+    assert outcome.status is Status.FAILED
+    assert outcome.detail.startswith("engine lost: [Errno 2] No such file or directory")
+    assert not (tmp_path / "m.lock").exists()

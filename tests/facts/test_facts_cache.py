@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import matrix.facts.cache as facts_cache
+from matrix.cache_dir import cache_dir
+from matrix.facts.cache import FactsCache
+from matrix.facts.onnx_inspect import ModelFileError, inspect_model
+from matrix.facts.types import ModelFacts
+from tests import modelgen
+
+
+@pytest.fixture
+def count_inspections(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Real inspections, recorded, so tests can tell a cache hit from a miss."""
+    calls: list[Path] = []
+
+    def recording(path: Path) -> ModelFacts:
+        calls.append(path)
+        return inspect_model(path)
+
+    monkeypatch.setattr(facts_cache, "inspect_model", recording)
+    return calls
+
+
+def test_second_get_is_a_hit_with_equal_facts(
+    tmp_path: Path, count_inspections: list[Path]
+) -> None:
+    model = modelgen.dynamic_batch_mlp(tmp_path / "m.onnx")
+    cache = FactsCache(tmp_path / "cache")
+    first = cache.get(model)
+    second = FactsCache(tmp_path / "cache").get(model)
+    assert second == first
+    assert second.inputs[0].shape == ("batch", 16)
+    assert len(count_inspections) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.entry_path(model).name]
+
+
+def test_changed_model_is_inspected_again(tmp_path: Path, count_inspections: list[Path]) -> None:
+    model = modelgen.mlp_fp32(tmp_path / "m.onnx", seed=0)
+    cache = FactsCache(tmp_path / "cache")
+    first = cache.get(model)
+    modelgen.mlp_fp32(tmp_path / "m.onnx", seed=1)
+    second = cache.get(model)
+    assert len(count_inspections) == 2
+    assert second.digest != first.digest
+    assert second.graph_digest == first.graph_digest
+
+
+def test_changed_external_data_is_inspected_again(
+    tmp_path: Path, count_inspections: list[Path]
+) -> None:
+    model = modelgen.external_data_model(tmp_path / "m.onnx", size=4096)
+    cache = FactsCache(tmp_path / "cache")
+    first = cache.get(model)
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(bytes(reversed(data.read_bytes())))
+    second = cache.get(model)
+    assert len(count_inspections) == 2
+    assert second.weights_digest != first.weights_digest
+
+
+def test_corrupt_entry_means_inspect_again_and_rewrite(
+    tmp_path: Path, count_inspections: list[Path]
+) -> None:
+    model = modelgen.conv_fp16(tmp_path / "m.onnx")
+    cache = FactsCache(tmp_path / "cache")
+    facts = cache.get(model)
+    entry = cache.entry_path(model)
+    entry.write_text('{"version": 1, "path": ')
+    assert cache.get(model) == facts
+    assert json.loads(entry.read_text())["facts"]["digest"] == facts.digest
+    entry.write_text(json.dumps({"version": 1, "path": str(model), "facts": {}, "stamps": {}}))
+    assert cache.get(model) == facts
+    assert len(count_inspections) == 3
+
+
+def test_unwritable_cache_directory_is_ignored(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    model = modelgen.conv_fp32(tmp_path / "m.onnx")
+    assert FactsCache(blocker / "cache").get(model) == inspect_model(model)
+
+
+def test_bad_model_raises_and_is_not_cached(tmp_path: Path) -> None:
+    cache = FactsCache(tmp_path / "cache")
+    with pytest.raises(ModelFileError, match="no such file"):
+        cache.get(tmp_path / "missing.onnx")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_default_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTX_MATRIX_CACHE_DIR", "/x/rtx")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x/xdg")
+    assert cache_dir() == Path("/x/rtx")
+    assert FactsCache().directory == Path("/x/rtx")
+    monkeypatch.delenv("RTX_MATRIX_CACHE_DIR")
+    assert cache_dir() == Path("/x/xdg/rtx-matrix")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "/x/home")
+    assert cache_dir() == Path("/x/home/.cache/rtx-matrix")
+
+
+def test_a_hit_does_not_import_onnx(tmp_path: Path) -> None:
+    model = modelgen.matmul_fp16(tmp_path / "m.onnx")
+    FactsCache(tmp_path / "cache").get(model)
+    script = (
+        "import sys; from pathlib import Path; from matrix.facts.cache import FactsCache;"
+        f"FactsCache(Path({str(tmp_path / 'cache')!r})).get(Path({str(model)!r}));"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'numpy')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
+def test_warm_hits_are_fast(tmp_path: Path) -> None:
+    models = [modelgen.conv_fp16(tmp_path / f"m{i}.onnx", seed=i) for i in range(10)]
+    cache = FactsCache(tmp_path / "cache")
+    for model in models:
+        cache.get(model)
+    start = time.perf_counter()
+    for _ in range(100):
+        for model in models:
+            cache.get(model)
+    elapsed = time.perf_counter() - start
+    # ~0.08 s here; the no-op build budget for 1,000 cells is 0.3 s in all.
+    assert elapsed < 0.3, f"1,000 warm gets took {elapsed:.3f} s"
+
+
+def _rewrite_keeping_stat(path: Path, seed: int) -> None:
+    """New weights, same size, inode and mtime: what a stat-keyed cache cannot see."""
+    before = path.stat()
+    modelgen.mlp_fp32(path, seed=seed)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+
+
+def test_racily_clean_entry_is_checked_by_content(
+    tmp_path: Path, count_inspections: list[Path]
+) -> None:
+    model = modelgen.mlp_fp32(tmp_path / "m.onnx", seed=0)
+    cache = FactsCache(tmp_path / "cache")
+    first = cache.get(model)  # inspected right after writing: racy
+    _rewrite_keeping_stat(model, seed=1)
+    second = cache.get(model)
+    assert second.digest != first.digest
+    assert len(count_inspections) == 2
+
+
+def test_aged_entry_trusts_the_stat(tmp_path: Path, count_inspections: list[Path]) -> None:
+    model = modelgen.mlp_fp32(tmp_path / "m.onnx", seed=0)
+    old = time.time_ns() - 10 * 1_000_000_000
+    os.utime(model, ns=(old, old))
+    cache = FactsCache(tmp_path / "cache")
+    first = cache.get(model)
+    assert json.loads(cache.entry_path(model).read_text())["racy"] is False
+    _rewrite_keeping_stat(model, seed=1)
+    # Like make: same size, mtime and inode mean unchanged; no file is read.
+    assert cache.get(model) == first
+    assert len(count_inspections) == 1

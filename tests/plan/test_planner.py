@@ -1,0 +1,181 @@
+"""The planner's verdicts, rule by rule, on hand-made facts (pure: nothing is built)."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8
+from matrix.manifest.types import Exclusion
+from matrix.plan import rules as R
+from matrix.plan.capabilities import SM89
+from matrix.plan.planner import build_ccs, expected_mask, make_plan
+from matrix.plan.types import Cell, Verdict
+from tests.factories import facts, manifest, model, profile, target
+
+
+def one_cell(t, f, weightless=False, **kw) -> Cell:
+    m = model(targets=(t,), weightless=(weightless,), **kw)
+    plan = make_plan(manifest(m), {"m": f})
+    (cell,) = plan.cells
+    return cell
+
+
+def rules_of(cell: Cell) -> set[str]:
+    return {r.rule for r in cell.reasons}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "cc", "verdict"),
+    [
+        (FP4, "sm89", Verdict.REJECTED),
+        (FP4, "sm120", Verdict.BUILD),
+        (FP4, "sm121", Verdict.BUILD),
+        (FP8, "sm86", Verdict.REJECTED),
+        (FP8, "sm80", Verdict.REJECTED),
+        (FP8, "sm75", Verdict.REJECTED),
+        (FP8, "sm89", Verdict.BUILD),
+        (FP8, "sm120", Verdict.BUILD),
+        (BF16, "sm75", Verdict.REJECTED),
+        (BF16, "sm80", Verdict.BUILD),
+        (INT4, "sm75", Verdict.REJECTED),
+        (INT4, "sm86", Verdict.BUILD),
+        (INT8, "sm75", Verdict.BUILD),
+        (FP16, "sm75", Verdict.BUILD),
+        (FP32, "sm75", Verdict.BUILD),
+    ],
+)
+def test_dtype_needs_cc(dtype: str, cc: str, verdict: Verdict) -> None:
+    cell = one_cell(target(cc), facts(dtype))
+    assert cell.verdict is verdict
+    assert (R.DTYPE_NEEDS in rules_of(cell)) == (verdict is Verdict.REJECTED)
+
+
+def test_fp8_rejected_when_any_listed_cc_cannot_run_it() -> None:
+    cell = one_cell(target("mix", "sm80", "sm89"), facts(FP8))
+    assert cell.verdict is Verdict.REJECTED
+    (error,) = cell.errors
+    assert error.message == "the model uses FP8, which needs CC 8.9 or newer; sm80 cannot run it"
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "runs_on"),
+    [
+        ((FP32,), ("sm80", "sm86", "sm89", "sm120", "sm121", "newer")),
+        ((FP16, INT8), ("sm80", "sm86", "sm89", "sm120", "sm121", "newer")),
+        ((BF16,), ("sm80", "sm86", "sm89", "sm120", "sm121", "newer")),
+        ((FP8,), ("sm89", "sm120", "sm121", "newer")),
+        ((FP8, FP4), ("sm120", "sm121", "newer")),
+    ],
+)
+def test_default_runs_on_narrows_with_dtype(
+    dtypes: tuple[str, ...], runs_on: tuple[str, ...]
+) -> None:
+    cell = one_cell(target("default"), facts(*dtypes))
+    assert cell.verdict is Verdict.BUILD
+    assert cell.runs_on == runs_on
+    assert build_ccs(cell) == ()
+
+
+def test_default_never_includes_turing() -> None:
+    assert "sm75" not in one_cell(target("default"), facts(FP16)).runs_on
+
+
+def test_explicit_ccs_run_on_exactly_those() -> None:
+    cell = one_cell(target("set", "sm86", "8.9", "SM120"), facts(FP16))
+    assert cell.runs_on == ("sm86", "sm89", "sm120")
+    assert build_ccs(cell) == ("sm86", "sm89", "sm120")
+    assert expected_mask(cell) == 0b11100  # bits: sm86=2, sm89=3, sm120=4
+
+
+def test_fp32_gemm_refused_on_turing_only() -> None:
+    refused = one_cell(target("sm75"), facts(FP32, fp32_gemm=True))
+    assert refused.verdict is Verdict.REJECTED
+    assert rules_of(refused) >= {R.TURING_FP32_GEMM}
+    assert one_cell(target("sm80"), facts(FP32, fp32_gemm=True)).verdict is Verdict.BUILD
+    conv_only = one_cell(target("sm75"), facts(FP32, fp32_gemm=False))
+    assert conv_only.verdict is Verdict.BUILD
+
+
+def test_turing_mixed_with_others_warns() -> None:
+    cell = one_cell(target("mix", "sm75", "sm86"), facts(FP16))
+    assert cell.verdict is Verdict.BUILD
+    (warning,) = cell.warnings
+    assert warning.rule == R.TURING_MIXED
+    assert one_cell(target("sm75"), facts(FP16)).warnings == ()
+
+
+def test_current_must_be_alone() -> None:
+    cell = one_cell(target("odd", "sm86", current=True), facts(FP16))
+    assert cell.verdict is Verdict.REJECTED
+    assert rules_of(cell) == {R.CURRENT_ALONE}
+
+
+def test_current_needs_gpu_and_is_judged_once_resolved() -> None:
+    cell = one_cell(target("current"), facts(FP8))
+    assert cell.verdict is Verdict.NEEDS_GPU
+    assert cell.runs_on == ("current",)
+    m = model(targets=(target("current"),))
+    resolved = make_plan(manifest(m), {"m": facts(FP8)}, current=SM89).cells[0]
+    assert resolved.runs_on == ("sm89",)
+    assert build_ccs(resolved, SM89) == ("sm89",)
+    assert expected_mask(resolved) is None
+    from matrix.plan.capabilities import SM86
+
+    too_old = make_plan(manifest(m), {"m": facts(FP8)}, current=SM86).cells[0]
+    assert too_old.verdict is Verdict.REJECTED
+
+
+def test_weightless_needs_gpu_and_at_most_one_cc() -> None:
+    ok = one_cell(target("sm86"), facts(FP16), weightless=True)
+    assert ok.verdict is Verdict.NEEDS_GPU
+    assert ok.id == "m@sm86+weightless"
+    assert R.WEIGHTLESS_NEEDS_GPU in rules_of(ok)
+    two = one_cell(target("pair", "sm86", "sm89"), facts(FP16), weightless=True)
+    assert two.verdict is Verdict.REJECTED
+    assert R.WEIGHTLESS_ONE_CC in rules_of(two)
+
+
+def test_dynamic_input_needs_profile() -> None:
+    cell = one_cell(target("sm86"), facts(FP16, dynamic=True))
+    assert cell.verdict is Verdict.REJECTED
+    assert rules_of(cell) == {R.DYNAMIC_NEEDS_PROFILE}
+    with_profile = one_cell(
+        target("sm86"),
+        facts(FP16, dynamic=True),
+        profiles=(profile(x=((1, 8), (4, 8), (8, 8))),),
+    )
+    assert with_profile.verdict is Verdict.BUILD
+
+
+def test_exclusions_match_on_any_subset() -> None:
+    m = model(targets=(target("default"), target("sm75")), weightless=(False, True))
+    plan = make_plan(
+        manifest(m, exclude=(Exclusion(target="sm75", weightless=True),)), {"m": facts(FP16)}
+    )
+    verdicts = {c.id: c.verdict for c in plan.cells}
+    assert verdicts == {
+        "m@default": Verdict.BUILD,
+        "m@default+weightless": Verdict.NEEDS_GPU,
+        "m@sm75": Verdict.BUILD,
+        "m@sm75+weightless": Verdict.EXCLUDED,
+    }
+
+
+def test_cells_follow_manifest_order() -> None:
+    a = model("a", targets=(target("sm86"), target("default")))
+    b = model("b", targets=(target("sm89"),), weightless=(False, True))
+    plan = make_plan(manifest(a, b), {"a": facts(), "b": facts()})
+    assert [c.id for c in plan.cells] == [
+        "a@sm86",
+        "a@default",
+        "b@sm89",
+        "b@sm89+weightless",
+    ]
+
+
+def test_rules_table_lookup_by_release() -> None:
+    from matrix.errors import MatrixError
+
+    assert R.rules_for("1.7.1.116") is R.RULES_1_7
+    with pytest.raises(MatrixError, match=r"no rules table for TensorRT-RTX 2\.0\.0"):
+        R.rules_for("2.0.0")
