@@ -20,8 +20,9 @@ from typing import IO, Any
 import tensorrt_rtx as trt
 
 from matrix.build import library_log
-from matrix.build.engine_header import describe_mask, read_header, temp_path, version_tuple
+from matrix.build.engine_header import describe_mask, read_header, version_tuple
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.build.temp_files import temp_path
 from matrix.manifest.types import BuilderOptions, Profile
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from matrix.plan.capabilities import KNOWN, NEWER, ccs_of_mask
 
@@ -73,19 +72,3 @@ def _head(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> by
         return bytes(source[:HEADER_SIZE])
     with open(source, "rb") as f:
         return f.read(HEADER_SIZE)
-
-
-def temp_path(engine_path: str | os.PathLike[str], pid: int | None = None) -> Path:
-    """The sibling a worker writes before renaming onto the engine: `.<name>.tmp-<pid>`."""
-    path = Path(engine_path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
-
-
-def temp_files(engine_path: str | os.PathLike[str]) -> list[Path]:
-    """Every worker's temp sibling of `engine_path`, for cleaning up after a killed worker."""
-    path = Path(engine_path)
-    prefix = f".{path.name}.tmp-"
-    try:
-        return [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
-    except FileNotFoundError:
-        return []

@@ -185,18 +185,12 @@ def failed(request: BuildRequest, started: float, error: str) -> BuildResult:
 
     logged = last_error(request.log_path)
     _append_to_log(request.log_path, f"rtx-matrix: {error}")
+    from matrix.build.temp_files import remove_temp_files
+
     remove_temp_files(request)
     if logged:
         error = f"{error}; the library last logged: {logged}"
     return BuildResult(request.cell_id, ok=False, seconds=time.monotonic() - started, error=error)
-
-
-def remove_temp_files(request: BuildRequest) -> None:
-    from matrix.build.engine_header import temp_files
-
-    for path in temp_files(request.engine_path):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _append_to_log(log_path: str, line: str) -> None:

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from matrix.cli.common import add_manifest_arg
 from matrix.lockfile.stamps import STATE_DIR, Stamps
-from matrix.plan.load import DEFAULT_MANIFEST, resolve_manifest
+from matrix.plan.load import resolve_manifest
 
 SUFFIXES = (".engine", ".log")
 
@@ -20,7 +21,7 @@ def add_parser(subparsers: Any) -> None:
         "clean",
         help="delete engines under the output folder that the lockfile does not name",
     )
-    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
+    add_manifest_arg(parser)
     parser.add_argument(
         "-o", "--output", metavar="LOCK", help="lockfile to keep (default: the manifest's)"
     )

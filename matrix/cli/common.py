@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from matrix.plan.load import DEFAULT_MANIFEST, resolve_manifest
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from matrix.lockfile.survey import Scope, Survey
+    from matrix.plan.types import Cell, Plan
+
+
+def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
 
 
 def add_manifest_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
+    """The manifest and `--verify`, for the commands that compare engines with the lock."""
+    add_manifest_arg(parser)
     parser.add_argument(
         "--verify", action="store_true", help="hash every engine instead of trusting size and mtime"
     )
@@ -41,3 +50,22 @@ def survey_for(args: argparse.Namespace) -> Survey:
         device=getattr(args, "device", None),
         lock_output=getattr(args, "output", None),
     )
+
+
+def report_rejected(plan: Plan, cells: Sequence[Cell] | None, skip: bool) -> None:
+    """Rejected cells (of `cells`, or all): warnings when `skip`, else errors, the last one
+    raised as PlanRejected for its exit code."""
+    from matrix.errors import PlanRejected
+    from matrix.plan.report import rejection_lines
+
+    lines = rejection_lines(plan)
+    if cells is not None:
+        ids = {cell.id for cell in cells}
+        lines = [line for line in lines if line.split(":", 1)[0] in ids]
+    if not lines:
+        return
+    label = "warning" if skip else "error"
+    for line in lines if skip else lines[:-1]:
+        print(f"{label}: {line}", file=sys.stderr)
+    if not skip:
+        raise PlanRejected(lines[-1])

@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from matrix.errors import PlanRejected, UsageError
-from matrix.plan.load import DEFAULT_MANIFEST, load_plan, resolve_manifest
+from matrix.cli.common import add_manifest_arg, report_rejected
+from matrix.errors import UsageError
+from matrix.plan.load import load_plan, resolve_manifest
 
 if TYPE_CHECKING:
     from matrix.plan.types import Plan
@@ -23,7 +24,7 @@ def add_parser(subparsers: Any) -> None:
             "Exit 1 when a cell is rejected."
         ),
     )
-    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
+    add_manifest_arg(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument(
         "--skip-rejected",
@@ -51,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(resolve_manifest(args.manifest))
-    from matrix.plan.report import plan_json, print_plan_table, rejection_lines
+    from matrix.plan.report import plan_json, print_plan_table
 
     if args.github_matrix:
         print(github_matrix_line(plan, args))
@@ -59,16 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print(plan_json(plan))
     else:
         print_plan_table(plan, sys.stdout)
-    rejections = rejection_lines(plan)
-    if not rejections:
-        return 0
-    if args.skip_rejected:
-        for line in rejections:
-            print(f"warning: {line}", file=sys.stderr)
-        return 0
-    for line in rejections[:-1]:
-        print(f"error: {line}", file=sys.stderr)
-    raise PlanRejected(rejections[-1])
+    report_rejected(plan, None, args.skip_rejected)
+    return 0
 
 
 def github_matrix_line(plan: Plan, args: argparse.Namespace) -> str:

@@ -12,11 +12,10 @@ from matrix.build.engine_header import (
     EngineHeader,
     describe_mask,
     read_header,
-    temp_files,
-    temp_path,
     version_tuple,
 )
 from matrix.build.messages import BuildRequest
+from matrix.build.temp_files import temp_files, temp_path
 from matrix.manifest.types import BuilderOptions
 from matrix.plan.capabilities import SM75, SM80, SM86, SM89, SM120, SM121, mask_of
 from tests import modelgen

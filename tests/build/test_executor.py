@@ -1,22 +1,21 @@
-"""Executor orchestration: the lock book, and the stop/keep-going logic with a fake pool."""
+"""Executor orchestration: the stop/keep-going logic with a fake pool."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from matrix.build import executor
-from matrix.build.executor import Job, LockBook, Outcome, Run, RunOptions, Status
+from matrix.build.executor import Job, Outcome, Run, RunOptions, Status
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
 from matrix.lockfile.types import Lock, PlanStamp
 from matrix.manifest.types import BuilderOptions
-from tests.lockfile.test_lockfile import entry
 
 
 def header() -> Lock:
@@ -25,40 +24,6 @@ def header() -> Lock:
 
 def on_disk(path: Path) -> list[str]:
     return sorted(json.loads(path.read_text())["engines"])
-
-
-def test_lock_book_writes_every_cell_then_backs_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    lock = tmp_path / "m.lock"
-    engine = tmp_path / "e.engine"
-    engine.write_bytes(b"x")
-    book = LockBook(lock, header(), {"old@sm86": entry("old")}, Stamps.load(tmp_path), None)
-    book.add("a@sm86", entry("a"), engine)
-    assert on_disk(lock) == ["a@sm86", "old@sm86"]
-    book.drop(["old@sm86"])
-    assert on_disk(lock) == ["a@sm86"]
-
-    # Every write now counts as slow (as for a lock of thousands of entries) and backs off.
-    monkeypatch.setattr(executor, "SLOW_WRITE", -1.0)
-    monkeypatch.setattr(executor, "WRITE_BACKOFF", 1e9)
-    book.drop(["a@sm86"])  # drops always write: an engine is about to be replaced
-    book.add("b@sm86", entry("b"), engine)  # delayed
-    assert on_disk(lock) == []
-    book.flush()
-    assert on_disk(lock) == ["b@sm86"]
-
-
-def test_lock_book_leaves_an_unchanged_lock_alone(tmp_path: Path) -> None:
-    lock = tmp_path / "m.lock"
-    from matrix.lockfile.io import lock_to_json, write_lock
-
-    existing = Lock(**{**header().__dict__, "engines": MappingProxyType({"a@sm86": entry("a")})})
-    write_lock(lock, existing)
-    before = lock.stat().st_mtime_ns
-    book = LockBook(lock, header(), existing.engines, Stamps.load(tmp_path), lock_to_json(existing))
-    book.flush()
-    assert lock.stat().st_mtime_ns == before
 
 
 class FakePool:

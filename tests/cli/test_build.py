@@ -483,6 +483,7 @@ def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool
     touch: str,
     early: bool,
 ) -> None:
+    from matrix.build import run as build_run
     from matrix.cli import build as build_cli
     from matrix.cli import make_parser
 
@@ -491,7 +492,7 @@ def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool
         stamp = project.manifest.stat().st_mtime_ns
         newer = project.lock if touch == "lock" else project.manifest
         os.utime(newer, ns=(stamp + 10**9, stamp + 10**9))
-    monkeypatch.setattr(build_cli, "_worker_pool", lambda jobs, _, started: StandInPool(jobs))
+    monkeypatch.setattr(build_run, "cpu_pool", lambda jobs, _, started: StandInPool(jobs))
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     args = make_parser().parse_args(["build", "-j3", *flags, str(project.manifest)])
     pool = build_cli.start_workers_early(args)
@@ -502,7 +503,7 @@ def test_workers_start_before_planning_only_when_a_build_is_likely_stand_in_pool
 def test_early_workers_are_shut_when_the_run_builds_nothing(
     project: Project, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    from matrix.cli import build as build_cli
+    from matrix.build import run as build_run
 
     assert project.build() == 0
     pools: list[StandInPool] = []
@@ -511,7 +512,7 @@ def test_early_workers_are_shut_when_the_run_builds_nothing(
         pools.append(StandInPool(jobs, started))
         return pools[-1]
 
-    monkeypatch.setattr(build_cli, "_worker_pool", stand_in)
+    monkeypatch.setattr(build_run, "cpu_pool", stand_in)
     os.utime(project.lock, ns=(0, 0))  # looks older than the manifest: workers start early
     capsys.readouterr()
     assert project.build() == 0

@@ -40,12 +40,11 @@ from typing import TYPE_CHECKING, Any
 from matrix.atomic import write_atomic
 from matrix.build import worker as build_child
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.build.pools import EventCallback, ignore
 from matrix.errors import UsageError
 
 if TYPE_CHECKING:
     from distributed import Client
-
-EventCallback = Callable[[ProgressEvent], None]
 
 GPU_RESOURCE = "GPU"
 NO_GPU_WORKER = (
@@ -179,7 +178,7 @@ class DaskBackend:
 
     def results(self, on_event: EventCallback | None = None) -> Iterator[BuildResult]:
         """Yield each result as it finishes until every submitted, uncancelled cell has one."""
-        emit = on_event or _ignore
+        emit = on_event or ignore
         while self._ready or self._submitted:
             while self._ready:
                 yield self._ready.pop(0)
@@ -320,9 +319,6 @@ def _write_back(request: BuildRequest, outcome: CellOutcome) -> BuildResult:
         return replace(result, ok=False, error=_one_line(f"cannot write the engine: {error}"))
     return result
 
-
-def _ignore(event: ProgressEvent) -> None:
-    del event
 
 
 def _one_line(text: str) -> str:

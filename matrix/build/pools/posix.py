@@ -21,14 +21,14 @@ import selectors
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from matrix.build import worker as build_child
-from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
-
-EventCallback = Callable[[ProgressEvent], None]
+from matrix.build.messages import BuildRequest, BuildResult
+from matrix.build.pools import EventCallback, ignore
+from matrix.build.temp_files import remove_temp_files
 
 _READ_SIZE = 1 << 16
 
@@ -136,7 +136,7 @@ class WorkerPool:
         flight, and propagates. After `shutdown` from another thread the iteration ends,
         without results for the cells in flight.
         """
-        emit = on_event or _ignore
+        emit = on_event or ignore
         with self._lock:
             self._iterating += 1
         try:
@@ -187,7 +187,7 @@ class WorkerPool:
         for worker in workers:
             worker.proc.end()
             if worker.cell is not None:  # only now: a live worker could still write it
-                build_child.remove_temp_files(worker.cell.request)
+                remove_temp_files(worker.cell.request)
         if iterating:
             with contextlib.suppress(OSError):
                 os.write(self._wake_write, b"!")  # its thread closes the selector
@@ -304,6 +304,3 @@ def _send(worker: _Worker, request: BuildRequest) -> bool:
         return False
     return True
 
-
-def _ignore(event: ProgressEvent) -> None:
-    del event

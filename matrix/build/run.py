@@ -1,0 +1,207 @@
+"""Build what a survey found stale, under the output folder's lock: what `rtx-matrix build`
+does once it has parsed its arguments, callable from Python too.
+
+    from matrix.lockfile.survey import survey
+    from matrix.build.run import BuildSettings, build
+
+    state = survey(Path("rtx-matrix.yaml"))
+    outcomes = build(state, BuildSettings(jobs=4))
+
+The lock is rewritten after every finished cell; Ctrl-C or SIGTERM raise `Interrupted` once
+the lock holds every finished cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matrix.errors import Interrupted, LockBusy
+from matrix.file_lock import Busy, file_lock
+from matrix.lockfile.stamps import state_dir
+
+if TYPE_CHECKING:
+    from matrix.build.executor import Outcome
+    from matrix.build.pools import Pool
+    from matrix.build.worker import Child
+    from matrix.lockfile.survey import Survey
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Parallel CPU builds."""
+    keep_going: bool = False
+    """Go on starting cells after one failed."""
+    timeout: float | None = None
+    """Seconds a cell may build before it fails."""
+    wait: float = 0.0
+    """Seconds to wait for another build of the same output to end."""
+    scheduler: str | None = None
+    """A Dask scheduler address: build there instead of in local workers."""
+    quiet: bool = False
+    verbose: bool = False
+
+
+def build(
+    state: Survey,
+    settings: BuildSettings = BuildSettings(),
+    workers: Pool | None = None,
+    resurvey: Callable[[], Survey] | None = None,
+) -> list[Outcome]:
+    """Take the output folder's lock, look again (`resurvey`) if another run built meanwhile,
+    and build every stale cell; every cell's outcome. `workers`: an entered CPU pool to use."""
+    started = time.monotonic()
+    with output_lock(state.plan.manifest.output.resolve(), settings.wait):
+        if not state.still_current() and resurvey is not None:
+            state = resurvey()
+        return build_stale(state, settings, started, workers)
+
+
+@contextlib.contextmanager
+def output_lock(output: Path, wait: float) -> Iterator[None]:
+    """The output folder's lock, with the holder's pid beside it for the busy message."""
+    folder = state_dir(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(folder / "lock", wait):
+            (folder / "owner").write_text(str(os.getpid()), encoding="utf-8")
+            yield
+    except Busy:
+        pid = _read_owner(folder / "owner")
+        raise LockBusy(f"another rtx-matrix build is running on {output} (pid {pid})") from None
+
+
+def _read_owner(owner: Path) -> str:
+    try:
+        return owner.read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def needs_writing(state: Survey) -> bool:
+    """Whether a run must touch the lock: something to build or drop, or a stale header."""
+    if state.to_build or state.removed:
+        return True
+    from matrix.lockfile.book import lock_header
+
+    header = lock_header(
+        state.plan,
+        state.lock_path,
+        state.freshness.installed,
+        shard=state.shard,
+        known=state.freshness.planned_fingerprints(),
+    )
+    lock = state.lock
+    return lock is None or (lock.tool, lock.tensorrt_rtx, lock.manifest, lock.plan, lock.shard) != (
+        header.tool,
+        header.tensorrt_rtx,
+        header.manifest,
+        header.plan,
+        header.shard,
+    )
+
+
+def start_workers(
+    settings: BuildSettings, state: Survey, started: Sequence[Child] = ()
+) -> Pool | None:
+    """Start the CPU workers once the survey shows CPU work, so their start overlaps taking
+    the output lock and preparing the batch."""
+    cpu_cells = sum(not s.cell.needs_gpu for s in state.to_build)
+    if settings.scheduler is not None or not cpu_cells:
+        return None
+    return cpu_pool(min(settings.jobs, cpu_cells), settings.timeout, started)
+
+
+def cpu_pool(jobs: int, timeout: float | None, started: Sequence[Child] = ()) -> Pool:
+    from matrix.build.pools import local_pool
+
+    return local_pool(max(1, jobs), timeout, started=started).__enter__()
+
+
+def build_stale(
+    state: Survey, settings: BuildSettings, started: float, workers: Pool | None = None
+) -> list[Outcome]:
+    """Build the stale cells of `state` (the caller holds the output lock); every outcome,
+    the up-to-date and skipped cells' included."""
+    from matrix.build.executor import Job, RunOptions, Status, build_jobs, make_request
+    from matrix.build.progress import Batch, make_display
+    from matrix.build.temp_files import remove_stale_temp_files
+    from matrix.lockfile.book import LockBook, lock_header
+    from matrix.lockfile.io import lock_to_json
+
+    plan, lock = state.plan, state.lock
+    header = lock_header(
+        plan,
+        state.lock_path,
+        state.freshness.installed,
+        shard=state.shard,
+        known=state.freshness.planned_fingerprints(),
+    )
+    entries = dict(lock.engines) if lock else {}
+    on_disk = lock_to_json(lock) if lock else None
+    book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
+    jobs = [Job(s, make_request(s), s.cell.needs_gpu) for s in state.to_build]
+    remove_stale_temp_files(job.request for job in jobs)
+    expected = {
+        s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
+    }
+    display = make_display(settings.quiet, settings.verbose)
+    display.start(Batch(tuple(j.request.cell_id for j in jobs), expected, settings.jobs))
+    options = RunOptions(
+        jobs=settings.jobs,
+        keep_going=settings.keep_going,
+        timeout=settings.timeout,
+        scheduler=settings.scheduler,
+        cpu_pool=workers,
+    )
+    previous = _sigterm_as_interrupt()
+    try:
+        built = build_jobs(plan, jobs, book, options, state.gpu, display.event, display.outcome)
+    except KeyboardInterrupt:
+        display.stop()
+        state.stamps.save()
+        raise Interrupted("interrupted: the lock holds every cell that finished") from None
+    finally:
+        _restore_sigterm(previous)
+    display.stop()
+    outcomes = [*built, *other_outcomes(state)]
+    if not any(o.status in (Status.FAILED, Status.NOT_STARTED) for o in outcomes):
+        book.drop(state.removed)
+    book.flush()
+    state.stamps.save()
+    return outcomes
+
+
+def other_outcomes(state: Survey) -> list[Outcome]:
+    from matrix.build.executor import Outcome, Status
+
+    fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
+    skipped = [
+        Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")
+        for s in state.skipped
+    ]
+    return fresh + skipped
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Any:
+    """CI runners cancel with SIGTERM: clean up as for Ctrl-C (workers, temp files, lock)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
