@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +29,7 @@ from matrix.manifest.types import (
     Model,
     Profile,
     Target,
+    ValueRange,
 )
 from matrix.manifest.valid_cache import known_valid, remember_valid
 from matrix.manifest.yaml_nodes import (
@@ -47,6 +48,7 @@ KNOWN_NAMES = tuple(cc.name for cc in KNOWN)
 _KNOWN_LIST = ", ".join(KNOWN_NAMES)
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(i?))?B?\s*$", re.IGNORECASE)
 _POWERS = {"K": 1, "M": 2, "G": 3, "T": 4}
+_Bounds = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 def display_path(path: Path) -> str:
@@ -386,23 +388,50 @@ class _Interpreter:
         return tuple(profiles)
 
     def shape(self, name: str, spec: Any, path: str) -> InputShape | None:
-        low, opt, high = (_dims(_mapping(spec).get(key)) for key in ("min", "opt", "max"))
+        entry = _mapping(spec)
+        dims: _Bounds = ((), (), ())
+        if any(key in entry for key in ("min", "opt", "max")) or "values" not in entry:
+            bounds = self.bounds(name, entry, _dims, path, "rank", "dimension")
+            if bounds is None:
+                return None
+            dims = bounds
+        values = None
+        if "values" in entry:
+            given = self.bounds(
+                name, _mapping(entry["values"]), _values, f"{path}.values", "length", "value"
+            )
+            if given is None:
+                return None
+            values = ValueRange(*given)
+        return InputShape(name, *dims, values=values)
+
+    def bounds(
+        self,
+        name: str,
+        entry: dict[str, Any],
+        read: Callable[[Any], tuple[int, ...] | None],
+        path: str,
+        size: str,
+        part: str,
+    ) -> _Bounds | None:
+        """min, opt and max of one input's dims (or values): equal sizes, ordered."""
+        low, opt, high = (read(entry.get(key)) for key in ("min", "opt", "max"))
         if low is None or opt is None or high is None:
             return None  # the schema reported it
         if not len(low) == len(opt) == len(high):
-            ranks = f"{len(low)}, {len(opt)}, {len(high)}"
-            message = f"input {name!r}: min, opt and max must have the same rank (got {ranks})"
-            self.problem(path, message)
+            sizes = f"{len(low)}, {len(opt)}, {len(high)}"
+            what = f"input {name!r}" + (" values" if part == "value" else "")
+            self.problem(path, f"{what}: min, opt and max must have the same {size} (got {sizes})")
             return None
         ordered = True
-        for axis, (a, b, c) in enumerate(zip(low, opt, high, strict=True)):
+        for index, (a, b, c) in enumerate(zip(low, opt, high, strict=True)):
             if not a <= b <= c:
                 ordered = False
                 self.problem(
                     path,
-                    f"input {name!r} dimension {axis}: needs min <= opt <= max (got {a}, {b}, {c})",
+                    f"input {name!r} {part} {index}: needs min <= opt <= max (got {a}, {b}, {c})",
                 )
-        return InputShape(name, low, opt, high) if ordered else None
+        return (low, opt, high) if ordered else None
 
     # exclusions
 
@@ -441,9 +470,15 @@ def _weightless(raw: Any) -> tuple[bool, ...]:
 
 
 def _dims(raw: Any) -> tuple[int, ...] | None:
+    dims = _values(raw)
+    return dims if dims is not None and all(d >= 1 for d in dims) else None
+
+
+def _values(raw: Any) -> tuple[int, ...] | None:
+    """Any integers: a shape input may hold 0 or -1 (Reshape's "copy" and "infer")."""
     if not isinstance(raw, list) or not raw:
         return None
-    dims = [_integer(d) for d in raw]
-    if any(d is None or d < 1 for d in dims):
+    values = [_integer(v) for v in raw]
+    if any(v is None for v in values):
         return None
-    return tuple(d for d in dims if d is not None)
+    return tuple(v for v in values if v is not None)

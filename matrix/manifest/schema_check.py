@@ -218,10 +218,13 @@ def _message(error: ValidationError, root: Mapping[str, Any]) -> str:
     if kind == "const":
         return str(schema.get("errorMessage", f"must be {value!r}")) + f" {_got(_instance(error))}"
     if kind == "required":
-        missing = [repr(key) for key in value if key not in _instance(error)]
-        if len(missing) == 1:
-            return f"missing required key {missing[0]}"
-        return f"missing required keys {', '.join(missing[:-1])} and {missing[-1]}"
+        return _missing_keys([key for key in value if key not in _instance(error)])
+    if kind == "dependentRequired":
+        # One error per missing key and per key that needs it: say the whole set each time,
+        # so the repeats collapse into one line.
+        instance = _instance(error)
+        needed = (dep for key, deps in value.items() if key in instance for dep in deps)
+        return _missing_keys([key for key in dict.fromkeys(needed) if key not in instance])
     if kind == "pattern":
         return f"{_instance(error)!r} {schema.get('patternErrorMessage', 'has the wrong form')}"
     if kind in ("minItems", "minLength") and value == 1:
@@ -230,6 +233,13 @@ def _message(error: ValidationError, root: Mapping[str, Any]) -> str:
         names = list(schema.get("properties", {}))
         return "must set at least one of " + _either(names) if names else "must not be empty"
     return _bound_message(error)
+
+
+def _missing_keys(keys: list[str]) -> str:
+    quoted = [repr(key) for key in keys]
+    if len(quoted) == 1:
+        return f"missing required key {quoted[0]}"
+    return f"missing required keys {', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def _bound_message(error: ValidationError) -> str:

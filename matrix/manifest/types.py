@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from matrix.plan.capabilities import CC
 
@@ -75,24 +75,50 @@ def _first(*values: T | None) -> T | None:
 
 
 @dataclass(frozen=True)
-class InputShape:
-    """min/opt/max of one network input inside an optimization profile."""
+class ValueRange:
+    """min/opt/max of the values a shape input holds (`IOptimizationProfile.set_shape_input`):
+    one integer per element of the input, min <= opt <= max element by element."""
 
-    input: str
     min: tuple[int, ...]
     opt: tuple[int, ...]
     max: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """One network input inside an optimization profile: min/opt/max of its dims, of the
+    values it holds when it is a shape input, or both. Dims are () when not given."""
+
+    input: str
+    min: tuple[int, ...] = ()
+    opt: tuple[int, ...] = ()
+    max: tuple[int, ...] = ()
+    values: ValueRange | None = None
+
+    @property
+    def has_dims(self) -> bool:
+        return bool(self.min)
+
+    def as_dict(self) -> dict[str, Any]:
+        # Dims-only entries keep the exact form they always had: fingerprints of manifests
+        # without values must not move.
+        entry: dict[str, Any] = {}
+        if self.has_dims:
+            entry.update(min=list(self.min), opt=list(self.opt), max=list(self.max))
+        if self.values is not None:
+            entry["values"] = self.values.as_dict()
+        return entry
 
 
 @dataclass(frozen=True)
 class Profile:
     shapes: tuple[InputShape, ...]
 
-    def as_dict(self) -> dict[str, dict[str, list[int]]]:
-        return {
-            s.input: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)}
-            for s in self.shapes
-        }
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {s.input: s.as_dict() for s in self.shapes}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ import pytest
 from matrix.cli import report_error
 from matrix.errors import InputError
 from matrix.manifest.loader import display_path, load_manifest, parse_size
-from matrix.manifest.types import BuilderOptions, Exclusion, InputShape, Manifest, Target
+from matrix.manifest.types import (
+    BuilderOptions,
+    Exclusion,
+    InputShape,
+    Manifest,
+    Target,
+    ValueRange,
+)
 from matrix.plan.capabilities import CC
 
 HERE = Path(__file__).parent.parent
@@ -116,6 +123,36 @@ def test_issue_example_becomes_typed_objects() -> None:
     )
     assert model.builder == BuilderOptions(optimization_level=3)
     assert manifest.exclude == (Exclusion(model="ocr-det", target="sm75", weightless=True),)
+
+
+def test_shape_input_values_become_a_value_range_beside_dims() -> None:
+    manifest = load_manifest(HERE / "manifests" / "good" / "shape-values.yaml")
+    image, sizes, shape = manifest.models[0].profiles[0].shapes
+    assert image == InputShape("image", (1, 3, 32, 32), (1, 3, 64, 64), (4, 3, 128, 128))
+    assert sizes == InputShape(
+        "sizes", values=ValueRange((1, 3, 16, 16), (1, 3, 128, 128), (4, 3, 256, 256))
+    )
+    assert not sizes.has_dims and image.has_dims
+    assert shape.values == ValueRange((-1, 4), (-1, 4), (-1, 4))
+    # Dims-only entries keep their old form (fingerprints of existing manifests hold).
+    assert manifest.models[0].profiles[0].as_dict()["image"] == {
+        "min": [1, 3, 32, 32],
+        "opt": [1, 3, 64, 64],
+        "max": [4, 3, 128, 128],
+    }
+    assert manifest.models[0].profiles[0].as_dict()["shape"] == {
+        "values": {"min": [-1, 4], "opt": [-1, 4], "max": [-1, 4]}
+    }
+
+
+def test_an_input_may_give_both_dims_and_values(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "targets: [default]}",
+        "targets: [default], profiles: [{s: {min: [2], opt: [2], max: [2], "
+        "values: {min: [1, 1], opt: [2, 2], max: [3, 3]}}}]}",
+    )
+    (shape,) = load_text(tmp_path, text).models[0].profiles[0].shapes
+    assert shape == InputShape("s", (2,), (2,), (2,), ValueRange((1, 1), (2, 2), (3, 3)))
 
 
 def test_locations_are_one_based_line_and_column() -> None:
