@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 # The IR version each opset was released with; TensorRT-RTX's parser reads these.
@@ -315,6 +316,172 @@ def if_model(path: Path, seed: int = 0) -> Path:
     return _save(
         path, nodes, inputs, [_value("y", TensorProto.FLOAT, [1, 16])], [], name="if_model"
     )
+
+
+def _i64(name: str, values: Sequence[int] | int) -> onnx.TensorProto:
+    return onnx.numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+_F, _I64, _I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+_Case = tuple[
+    list[onnx.NodeProto],
+    list[onnx.ValueInfoProto],
+    list[onnx.ValueInfoProto],
+    list[onnx.TensorProto],
+]
+
+
+def _shape_case(case: str) -> _Case:
+    """(nodes, inputs, outputs, initializers) of one SHAPE_INPUT_CASES entry; input `s` is
+    the integer input under test."""
+    node = helper.make_node
+    y2 = [_value("y", _F, ["d0", "d1"])]
+    to_y = node("Reshape", ["x", "s2"], ["y"])
+    x26 = _value("x", _F, [2, 6])
+    cases: dict[str, _Case] = {
+        "reshape": ([node("Reshape", ["x", "s"], ["y"])], [x26, _value("s", _I64, [2])], y2, []),
+        "expand": (
+            [node("Expand", ["x", "s"], ["y"])],
+            [_value("x", _F, [1, 4]), _value("s", _I64, [2])],
+            y2,
+            [],
+        ),
+        "constant-of-shape": (
+            [node("ConstantOfShape", ["s"], ["y"], value=helper.make_tensor("v", _F, [1], [1]))],
+            [_value("s", _I32, [3])],
+            [_value("y", _F, ["d0", "d1", "d2"])],
+            [],
+        ),
+        "resize-sizes": (
+            [node("Resize", ["x", "", "", "s"], ["y"], mode="nearest")],
+            [_value("x", _F, [1, 1, 4, 4]), _value("s", _I64, [4])],
+            [_value("y", _F, ["d0", "d1", "d2", "d3"])],
+            [],
+        ),
+        "tile": (
+            [node("Tile", ["x", "s"], ["y"])],
+            [_value("x", _F, [1, 4]), _value("s", _I64, [2])],
+            y2,
+            [],
+        ),
+        "slice-ends": (
+            [node("Slice", ["x", "starts", "s"], ["y"])],
+            [_value("x", _F, [8, 8]), _value("s", _I64, [2])],
+            y2,
+            [_i64("starts", [0, 0])],
+        ),
+        "range-limit": (
+            [node("Range", ["start", "s", "delta"], ["y"])],
+            [_value("s", _I64, [])],
+            [_value("y", _I64, ["d0"])],
+            [_i64("start", 0), _i64("delta", 1)],
+        ),
+        "topk": (
+            [node("TopK", ["x", "s"], ["y", "i"])],
+            [_value("x", _F, [1, 16]), _value("s", _I64, [1])],
+            [*y2, _value("i", _I64, ["d0", "d1"])],
+            [],
+        ),
+        "pad": (
+            [node("Pad", ["x", "s"], ["y"])],
+            [_value("x", _F, [4, 4]), _value("s", _I64, [4])],
+            y2,
+            [],
+        ),
+        "split": (
+            [node("Split", ["x", "s"], ["y", "z"])],
+            [_value("x", _F, [8]), _value("s", _I64, [2])],
+            [_value("y", _F, ["d0"]), _value("z", _F, ["d1"])],
+            [],
+        ),
+        "via-cast": (
+            [node("Cast", ["s"], ["s2"], to=_I64), to_y],
+            [x26, _value("s", _I32, [2])],
+            y2,
+            [],
+        ),
+        "via-concat": (
+            [node("Concat", ["c", "s"], ["s2"], axis=0), to_y],
+            [x26, _value("s", _I64, [1])],
+            y2,
+            [_i64("c", [3])],
+        ),
+        "via-arithmetic": (
+            [node("Mul", ["s", "c"], ["m"]), node("Max", ["m", "c"], ["s2"]), to_y],
+            [x26, _value("s", _I64, [2])],
+            y2,
+            [_i64("c", [1, 1])],
+        ),
+        "via-gather": (
+            [
+                node("Gather", ["s", "c"], ["s2"]),
+                node("ConstantOfShape", ["s2"], ["y"], value=helper.make_tensor("v", _F, [1], [1])),
+            ],
+            [_value("s", _I64, [3])],
+            y2,
+            [_i64("c", [0, 2])],
+        ),
+        "via-2d-reshape": (
+            [node("Reshape", ["s", "c"], ["s2"]), to_y],
+            [x26, _value("s", _I64, [1, 2])],
+            y2,
+            [_i64("c", [2])],
+        ),
+        "gather-indices": (
+            [node("Gather", ["x", "s"], ["y"])],
+            [_value("x", _F, [8, 4]), _value("s", _I64, [3])],
+            [_value("y", _F, [3, 4])],
+            [],
+        ),
+        "int-data": (
+            [node("Add", ["s", "c"], ["y"])],
+            [_value("s", _I64, [2, 3])],
+            [_value("y", _I64, [2, 3])],
+            [_i64("c", 1)],
+        ),
+    }
+    return cases[case]
+
+
+SHAPE_INPUT_CASES = {
+    "reshape": True,
+    "expand": True,
+    "constant-of-shape": True,
+    "resize-sizes": True,
+    "tile": True,
+    "slice-ends": True,
+    "range-limit": True,
+    "topk": True,
+    "pad": True,
+    "split": True,
+    "via-cast": True,
+    "via-concat": True,
+    "via-arithmetic": True,
+    "via-gather": True,
+    "via-2d-reshape": True,
+    "gather-indices": False,
+    "int-data": False,
+}
+"""Case of `shape_input_model` -> whether its input `s` is a shape input for the library."""
+
+
+def shape_input_model(path: Path, case: str = "reshape", seed: int = 0) -> Path:
+    """An integer input `s` used as SHAPE_INPUT_CASES[case] says. The default, "reshape",
+    is x[2, 6] float reshaped by the INT64 input s[2]: a shape input, which the library
+    builds only when a profile gives its values (`set_shape_input`)."""
+    del seed
+    nodes, inputs, outputs, inits = _shape_case(case)
+    return _save(path, nodes, inputs, outputs, inits, name=f"shape_input_{case}")
+
+
+def named_dims_model(path: Path, dims: Sequence[Dims] = ((1, 3, "S", "S"),), seed: int = 0) -> Path:
+    """One Relu per input: float input `x{i}` of dims[i] (ints, dim names, None for an unnamed
+    dynamic dim) -> `y{i}`. Dims that share a name are equal for the library."""
+    del seed
+    nodes = [helper.make_node("Relu", [f"x{i}"], [f"y{i}"]) for i in range(len(dims))]
+    inputs = [_value(f"x{i}", _F, shape) for i, shape in enumerate(dims)]
+    outputs = [_value(f"y{i}", _F, shape) for i, shape in enumerate(dims)]
+    return _save(path, nodes, inputs, outputs, [], name="named_dims")
 
 
 def external_data_model(

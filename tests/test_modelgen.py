@@ -75,6 +75,8 @@ CASES: list[tuple[Gen, tuple[str, ...], str | None]] = [
     (modelgen.int8_qdq_matmul, ("SM75",), FP32_GEMM),
     (modelgen.int8_qdq_matmul, ("SM86",), None),
     (modelgen.dynamic_batch_mlp, (), NO_PROFILE),
+    (modelgen.shape_input_model, (), NO_PROFILE),  # built with values in tests/build
+    (modelgen.named_dims_model, (), NO_PROFILE),  # built with profiles in tests/plan
     # DESIGN.md: *some* real models with `If` fail inside the builder; this small one builds.
     (modelgen.if_model, (), None),
     (modelgen.external_data_model, (), None),

@@ -23,7 +23,7 @@ from matrix.cache_dir import cache_dir
 from matrix.facts.onnx_inspect import content_digest, inspect_model
 from matrix.facts.types import ModelFacts, TensorInfo
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bump when `inspect_model` learns something new, so old entries are re-inspected."""
 
 RACY_NS = 2_000_000_000
@@ -153,6 +153,7 @@ def facts_to_json(facts: ModelFacts) -> dict[str, Any]:
         "size": facts.size,
         "external_files": list(facts.external_files),
         "opset": facts.opset,
+        "shape_inputs": list(facts.shape_inputs),
     }
 
 
@@ -169,4 +170,5 @@ def facts_from_json(data: dict[str, Any]) -> ModelFacts:
         size=int(data["size"]),
         external_files=tuple(str(f) for f in data["external_files"]),
         opset=int(data["opset"]),
+        shape_inputs=tuple(str(name) for name in data["shape_inputs"]),
     )

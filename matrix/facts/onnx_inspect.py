@@ -19,6 +19,29 @@ from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8, ModelFact
 
 CHUNK = 1 << 20
 GEMM_OPS = frozenset({"MatMul", "Gemm"})
+# Shape inputs (docs/profiles.md): the library reads these operands as shapes, and an integer
+# network input that reaches one, directly or through the arithmetic below, is a shape input
+# (`ITensor.is_shape_tensor`) that needs values in a profile. Measured against the parser
+# by tests/facts/test_shape_inputs.py.
+SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "ConstantOfShape": (0,),
+    "Resize": (3,),
+    "Tile": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Range": (0, 1, 2),
+    "TopK": (1,),
+    "Pad": (1, 3),
+    "OneHot": (1,),
+    "Split": (1,),
+}
+SHAPE_ARITHMETIC = frozenset({
+    "Cast", "Concat", "Gather", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Flatten",
+    "Identity", "Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Neg", "Abs", "Where",
+    "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin",
+})  # fmt: skip
+_INTEGER_TYPES = frozenset({6, 7})  # TensorProto.INT32, INT64
 _TYPE_ATTRIBUTES = frozenset({"to", "dtype", "output_dtype"})
 _PAYLOAD_FIELDS = (
     "raw_data",
@@ -91,6 +114,7 @@ def inspect_model(path: Path) -> ModelFacts:
         dtypes=frozenset(_dtypes(inferred, types)),
         fp32_gemm=_has_fp32_gemm(inferred, types),
         inputs=_graph_inputs(model.graph),
+        shape_inputs=_shape_inputs(model.graph),
         outputs=tuple(_tensor_info(v) for v in model.graph.output),
         digest=digest,
         graph_digest=_graph_digest(model),
@@ -405,6 +429,41 @@ def _graph_inputs(graph: Any) -> tuple[TensorInfo, ...]:
     # Old exporters list initializers as graph inputs too; those are weights, not inputs.
     weights = {t.name for t in graph.initializer}
     return tuple(_tensor_info(v) for v in graph.input if v.name not in weights)
+
+
+def _shape_inputs(graph: Any) -> tuple[str, ...]:
+    """Integer graph inputs whose values reach a shape operand, in graph order."""
+    weights = {t.name for t in graph.initializer}
+    candidates = {
+        v.name
+        for v in graph.input
+        if v.name not in weights and v.type.tensor_type.elem_type in _INTEGER_TYPES
+    }
+    if not candidates:
+        return ()
+    producers: dict[str, Any] = {}
+    pending: list[str] = []
+    for g in _graphs(graph):
+        for node in g.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            producers.update((out, node) for out in node.output)
+            operands = SHAPE_OPERANDS.get(node.op_type, ())
+            pending.extend(node.input[i] for i in operands if i < len(node.input))
+    seen: set[str] = set()
+    found: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in candidates:
+            found.add(name)
+            continue
+        producer = producers.get(name)
+        if producer is not None and producer.op_type in SHAPE_ARITHMETIC:
+            pending.extend(producer.input)
+    return tuple(v.name for v in graph.input if v.name in found)
 
 
 def _default_opset(model: Any) -> int:

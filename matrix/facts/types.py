@@ -48,7 +48,12 @@ class ModelFacts:
     external_files: tuple[str, ...] = ()
     """External-data files, relative to the model's folder."""
     opset: int = 0
+    shape_inputs: tuple[str, ...] = ()
+    """Inputs whose values (not dims) are shapes: a profile must give their values."""
 
     @property
     def dynamic_inputs(self) -> tuple[TensorInfo, ...]:
         return tuple(t for t in self.inputs if t.is_dynamic)
+
+    def input(self, name: str) -> TensorInfo | None:
+        return next((t for t in self.inputs if t.name == name), None)

@@ -43,6 +43,13 @@ def test_second_get_is_a_hit_with_equal_facts(
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.entry_path(model).name]
 
 
+def test_shape_inputs_survive_the_cache(tmp_path: Path, count_inspections: list[Path]) -> None:
+    model = modelgen.shape_input_model(tmp_path / "m.onnx")
+    assert FactsCache(tmp_path / "cache").get(model).shape_inputs == ("s",)
+    assert FactsCache(tmp_path / "cache").get(model).shape_inputs == ("s",)
+    assert len(count_inspections) == 1
+
+
 def test_changed_model_is_inspected_again(tmp_path: Path, count_inspections: list[Path]) -> None:
     model = modelgen.mlp_fp32(tmp_path / "m.onnx", seed=0)
     cache = FactsCache(tmp_path / "cache")
