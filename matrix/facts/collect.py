@@ -6,16 +6,17 @@ of the manifest is collected and raised at once as one InputError, located in th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 from matrix.errors import InputError, Problem
 from matrix.facts.cache import FactsCache
 from matrix.facts.onnx_inspect import ModelFileError
-from matrix.facts.types import ModelFacts, TensorInfo
+from matrix.facts.types import INTEGER_DTYPES, ModelFacts, TensorInfo
 from matrix.manifest.loader import display_path
 from matrix.manifest.suggest import did_you_mean
-from matrix.manifest.types import InputShape, Manifest, Model
+from matrix.manifest.types import InputShape, Manifest, Model, ValueRange
 from matrix.manifest.yaml_nodes import child_path
 
 
@@ -71,7 +72,10 @@ def _profile_problems(model: Model, facts: ModelFacts) -> Iterator[tuple[str, st
                 hint = did_you_mean(shape.input, inputs) or _known_inputs(inputs)
                 yield where, f"the model has no input {shape.input!r}{hint}"
                 continue
-            yield from _shape_problems(where, tensor, shape)
+            if shape.has_dims:
+                yield from _shape_problems(where, tensor, shape)
+            if shape.values is not None:
+                yield from _value_problems(child_path(where, "values"), tensor, shape.values)
 
 
 def _known_inputs(inputs: dict[str, TensorInfo]) -> str:
@@ -100,6 +104,28 @@ def _shape_problems(where: str, tensor: TensorInfo, shape: InputShape) -> Iterat
                         f"{fixed}, but {kind} gives {given}"
                     ),
                 )
+
+
+def _value_problems(
+    where: str, tensor: TensorInfo, values: ValueRange
+) -> Iterator[tuple[str, str]]:
+    if tensor.dtype not in INTEGER_DTYPES:
+        kind = tensor.dtype or "not a tensor of numbers"
+        yield (
+            where,
+            f"input {tensor.name!r} is {kind}: only an INT32 or INT64 input holds a shape, "
+            "so only those take values",
+        )
+        return
+    if tensor.is_dynamic:
+        return  # the parser refuses a shape input of dynamic size (docs/profiles.md)
+    count = math.prod(d for d in tensor.shape if isinstance(d, int))
+    if len(values.min) != count:
+        yield (
+            where,
+            f"input {tensor.name!r} {_show(tensor.shape)} holds {count} "
+            f"value{'s' * (count != 1)}, but the profile gives {len(values.min)}",
+        )
 
 
 def _show(shape: tuple[int | str | None, ...]) -> str:

@@ -13,6 +13,8 @@ FP8 = "fp8"
 FP4 = "fp4"
 INT4 = "int4"
 INT8 = "int8"
+INTEGER_DTYPES = frozenset({"int32", "int64"})
+"""The element types a shape input can have."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,3 @@ class ModelFacts:
     @property
     def dynamic_inputs(self) -> tuple[TensorInfo, ...]:
         return tuple(t for t in self.inputs if t.is_dynamic)
-
-    def input(self, name: str) -> TensorInfo | None:
-        return next((t for t in self.inputs if t.name == name), None)

@@ -113,6 +113,28 @@ def test_every_problem_at_once_with_file_line_and_path(project: Path) -> None:
     ]
 
 
+def test_shape_input_values_must_fit_the_input(project: Path) -> None:
+    modelgen.shape_input_model(project / "models" / "s.onnx")
+    manifest = _manifest(
+        project,
+        """\
+        - name: s
+          onnx: models/s.onnx
+          targets: [default]
+          profiles:
+            - s: {values: {min: [1, 1, 1], opt: [2, 6, 1], max: [12, 12, 1]}}
+            - x: {values: {min: [1], opt: [1], max: [1]}}
+              s: {values: {min: [1, 1], opt: [2, 6], max: [12, 12]}}
+        """,
+    )
+    assert _problems(manifest, project / "cache") == [
+        "m.yaml:7:13: $.models[0].profiles[0].s.values: input 's' [2] holds 2 values,"
+        " but the profile gives 3",
+        "m.yaml:8:13: $.models[0].profiles[1].x.values: input 'x' is fp32: only an INT32 or"
+        " INT64 input holds a shape, so only those take values",
+    ]
+
+
 def test_misspelt_input_gets_a_suggestion(project: Path) -> None:
     manifest = _manifest(
         project,
