@@ -23,7 +23,7 @@ from matrix.build import library_log
 from matrix.build.engine_header import describe_mask, read_header, version_tuple
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.build.temp_files import temp_path
-from matrix.manifest.types import BuilderOptions, Profile
+from matrix.manifest.types import BuilderOptions, Profile, ValueRange
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -144,10 +144,24 @@ def _set_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profi
             if shape.input not in inputs:
                 raise BuildError(f"profile {number} names input {shape.input!r}, which the "
                                  f"network does not have (it has {', '.join(sorted(inputs))})")
-            optimization_profile.set_shape(shape.input, shape.min, shape.opt, shape.max)
+            if shape.has_dims:
+                optimization_profile.set_shape(shape.input, shape.min, shape.opt, shape.max)
+            if shape.values is not None:
+                _set_shape_values(optimization_profile, shape.input, shape.values, number)
         if config.add_optimization_profile(optimization_profile) < 0:
             raise BuildError(log.last_error or f"TensorRT-RTX refused optimization profile "
                              f"{number}")
+
+
+def _set_shape_values(optimization_profile: Any, name: str, values: ValueRange,
+                      number: int) -> None:
+    """A shape input's values (docs/profiles.md). The library raises on values it refuses; its
+    last logged error is then a CUDA one on a CPU-only host, so the exception's text is used."""
+    try:
+        optimization_profile.set_shape_input(name, values.min, values.opt, values.max)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise BuildError(f"TensorRT-RTX refused the values of input {name!r} in profile "
+                         f"{number}: {_one_line(str(error))}") from error
 
 
 def _set_options(config: Any, options: BuilderOptions, log: _BuildLog) -> None:

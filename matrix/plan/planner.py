@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from matrix.facts.types import ModelFacts
-from matrix.manifest.types import Manifest, Model, Target
+from matrix.manifest.types import InputShape, Manifest, Model, Target
 from matrix.plan import rules as R
 from matrix.plan.capabilities import CC, NEWER, mask_of
 from matrix.plan.rules import RULES_1_7, RuleSet
@@ -198,6 +199,14 @@ def turing_reasons(ccs: tuple[CC, ...], facts: ModelFacts, rules: RuleSet) -> tu
 
 
 def profile_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:
+    return (
+        *dynamic_dims_reasons(model, facts),
+        *shape_input_reasons(model, facts),
+        *shared_dims_reasons(model, facts),
+    )
+
+
+def dynamic_dims_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:
     dynamic = [t.name for t in facts.dynamic_inputs]
     if not dynamic:
         return ()
@@ -205,25 +214,136 @@ def profile_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:
         return (
             Reason(
                 R.DYNAMIC_NEEDS_PROFILE,
-                f"input {', '.join(repr(n) for n in dynamic)} has dynamic dims and the model "
-                "has no optimization profile; add `profiles:` with min/opt/max shapes",
+                f"input {_names(dynamic)} has dynamic dims and the model has no optimization "
+                "profile; add `profiles:` with min/opt/max shapes",
                 Severity.ERROR,
             ),
         )
     reasons = []
     for index, profile in enumerate(model.profiles):
-        given = {s.input for s in profile.shapes}
+        given = {s.input for s in profile.shapes if s.has_dims}
         missing = [n for n in dynamic if n not in given]
         if missing:
             reasons.append(
                 Reason(
                     R.DYNAMIC_NEEDS_PROFILE,
-                    f"profiles[{index}] gives no shapes for dynamic input "
-                    f"{', '.join(repr(n) for n in missing)}",
+                    f"profiles[{index}] gives no shapes for dynamic input {_names(missing)}",
                     Severity.ERROR,
                 )
             )
     return tuple(reasons)
+
+
+def shape_input_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:
+    """A shape input's values size the network: the library builds only when every profile
+    gives their range (`set_shape_input`; docs/profiles.md)."""
+    shape_inputs = list(facts.shape_inputs)
+    if not shape_inputs:
+        return ()
+    if not model.profiles:
+        return (
+            Reason(
+                R.SHAPE_INPUT_NEEDS_VALUES,
+                f"input {_names(shape_inputs)} holds a shape (its values size the network) "
+                f"and the model has no optimization profile; add `profiles:` with "
+                f"{_values_syntax(shape_inputs[0])}",
+                Severity.ERROR,
+            ),
+        )
+    reasons = []
+    for index, profile in enumerate(model.profiles):
+        given = {s.input for s in profile.shapes if s.values is not None}
+        missing = [n for n in shape_inputs if n not in given]
+        if missing:
+            reasons.append(
+                Reason(
+                    R.SHAPE_INPUT_NEEDS_VALUES,
+                    f"profiles[{index}] gives no values for shape input {_names(missing)}; "
+                    f"add {_values_syntax(missing[0])}",
+                    Severity.ERROR,
+                )
+            )
+    return tuple(reasons)
+
+
+def _values_syntax(name: str) -> str:
+    return f"`{name}: {{values: {{min: [...], opt: [...], max: [...]}}}}`"
+
+
+_UNNAMED_DIM = re.compile(r"-[0-9]+")
+"""Measured: a dim_param such as "-1" names nothing (such dims are not tied); "?", "unk__1",
+"0" or "-" are names like any other (docs/profiles.md)."""
+
+
+def shared_dims(facts: ModelFacts) -> dict[str, list[tuple[str, int]]]:
+    """Dim name -> the (input, axis) places it stands, for names that stand in two or more."""
+    places: dict[str, list[tuple[str, int]]] = {}
+    for tensor in facts.inputs:
+        for axis, dim in enumerate(tensor.shape):
+            if isinstance(dim, str) and dim and not _UNNAMED_DIM.fullmatch(dim):
+                places.setdefault(dim, []).append((tensor.name, axis))
+    return {name: found for name, found in places.items() if len(found) > 1}
+
+
+def shared_dims_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:
+    """Dims that share a name are one size to the library. Measured (docs/profiles.md): their
+    min..max ranges must overlap, and unless they overlap in a single size their opt must be
+    equal; the engine then accepts only the overlap."""
+    shared = shared_dims(facts)
+    if not shared:
+        return ()
+    reasons = []
+    for index, profile in enumerate(model.profiles):
+        dims = {s.input: s for s in profile.shapes if s.has_dims}
+        for name, places in shared.items():
+            given = [(p, dims[p[0]]) for p in places if p[0] in dims and p[1] < len(dims[p[0]].min)]
+            if len(given) < 2:
+                continue
+            reason = _shared_dim_reason(index, name, given)
+            if reason is not None:
+                reasons.append(reason)
+    return tuple(reasons)
+
+
+def _shared_dim_reason(
+    index: int, name: str, given: list[tuple[tuple[str, int], InputShape]]
+) -> Reason | None:
+    lows = [shape.min[axis] for (_, axis), shape in given]
+    opts = [shape.opt[axis] for (_, axis), shape in given]
+    highs = [shape.max[axis] for (_, axis), shape in given]
+    low, high = max(lows), min(highs)
+    subject = (
+        f"profiles[{index}]: {_places([place for place, _ in given])} share the name {name!r}, "
+        "so TensorRT-RTX takes them as equal"
+    )
+    ranges = _and([f"{a}..{b}" for a, b in zip(lows, highs, strict=True)])
+    if low > high:
+        message = f"{subject}, but their ranges {ranges} do not overlap"
+        return Reason(R.PROFILE_SHARED_DIMS, message, Severity.ERROR)
+    if low < high and len(set(opts)) > 1:
+        message = f"{subject}, but opt gives them {_and([str(o) for o in opts])}: give one opt"
+        return Reason(R.PROFILE_SHARED_DIMS, message, Severity.ERROR)
+    if len(set(lows)) == 1 and len(set(highs)) == 1:
+        return None
+    accepted = str(low) if low == high else f"{low}..{high}"
+    message = f"{subject}: the engine accepts only {accepted} for them (ranges {ranges})"
+    return Reason(R.PROFILE_SHARED_DIMS, message, Severity.WARNING)
+
+
+def _places(places: list[tuple[str, int]]) -> str:
+    """`input 'x' dims 2 and 3`, `input 'a' dim 0 and input 'b' dim 0`."""
+    axes: dict[str, list[str]] = {}
+    for tensor, axis in places:
+        axes.setdefault(tensor, []).append(str(axis))
+    return _and([f"input {t!r} dim{'s' * (len(a) > 1)} {_and(a)}" for t, a in axes.items()])
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names)
 
 
 def runs_on_of(

@@ -23,6 +23,8 @@ WEIGHTLESS_ONE_CC = "weightless-one-cc"
 TURING_MIXED = "turing-mixed"
 TURING_FP32_GEMM = "turing-fp32-gemm"
 DYNAMIC_NEEDS_PROFILE = "dynamic-needs-profile"
+SHAPE_INPUT_NEEDS_VALUES = "shape-input-needs-values"
+PROFILE_SHARED_DIMS = "profile-shared-dims"
 DEFAULT_NARROWED = "default-narrowed"
 EXCLUDED = "excluded"
 

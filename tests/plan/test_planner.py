@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8
-from matrix.manifest.types import Exclusion
+from matrix.manifest.types import Exclusion, InputShape, Profile, ValueRange
 from matrix.plan import rules as R
 from matrix.plan.capabilities import SM89
 from matrix.plan.planner import build_ccs, expected_mask, make_plan
@@ -145,6 +147,33 @@ def test_dynamic_input_needs_profile() -> None:
         profiles=(profile(x=((1, 8), (4, 8), (8, 8))),),
     )
     assert with_profile.verdict is Verdict.BUILD
+
+
+def test_shape_input_needs_values_in_every_profile() -> None:
+    shaped = replace(facts(FP32), shape_inputs=("x",))
+    (error,) = one_cell(target("sm86"), shaped).errors
+    assert (error.rule, error.message) == (
+        R.SHAPE_INPUT_NEEDS_VALUES,
+        "input 'x' holds a shape (its values size the network) and the model has no "
+        "optimization profile; add `profiles:` with "
+        "`x: {values: {min: [...], opt: [...], max: [...]}}`",
+    )
+    dims_only = profile(x=((1, 8), (1, 8), (1, 8)))
+    with_values = Profile((InputShape("x", values=ValueRange((1,), (2,), (3,))),))
+    cell = one_cell(target("sm86"), shaped, profiles=(with_values, dims_only))
+    assert [r.message for r in cell.errors] == [
+        "profiles[1] gives no values for shape input 'x'; "
+        "add `x: {values: {min: [...], opt: [...], max: [...]}}`"
+    ]
+    assert one_cell(target("sm86"), shaped, profiles=(with_values,)).verdict is Verdict.BUILD
+
+
+def test_values_alone_give_a_dynamic_input_no_shapes() -> None:
+    with_values = Profile((InputShape("x", values=ValueRange((1,), (2,), (3,))),))
+    cell = one_cell(target("sm86"), facts(FP16, dynamic=True), profiles=(with_values,))
+    assert [(r.rule, r.message) for r in cell.errors] == [
+        (R.DYNAMIC_NEEDS_PROFILE, "profiles[0] gives no shapes for dynamic input 'x'")
+    ]
 
 
 def test_exclusions_match_on_any_subset() -> None:
