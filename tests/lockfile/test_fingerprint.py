@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-from matrix.lockfile.fingerprint import fingerprint, plan_stamp
-from matrix.manifest.types import BuilderOptions
+import pytest
+
+from matrix.lockfile.fingerprint import fingerprint, plan_stamp, planned_fingerprint
+from matrix.manifest.types import BuilderOptions, InputShape, Profile, ValueRange
+from matrix.plan.load import load_plan
 from matrix.plan.types import Cell, Plan, Verdict
 from tests.factories import facts, manifest, model, target
 
@@ -56,3 +60,48 @@ def test_plan_stamp_covers_buildable_cells_only() -> None:
     stamp = plan_stamp(plan, "1.7.1.116")
     assert stamp.cells == ("m@sm86",)
     assert stamp.digest != plan_stamp(plan, "1.7.2.1").digest
+
+
+def test_shape_input_values_change_it() -> None:
+    def with_values(high: int) -> Cell:
+        shape = InputShape("s", values=ValueRange((1, 1), (2, 2), (high, high)))
+        return cell(profiles=(Profile((shape,)),))
+
+    base = fingerprint(with_values(8), FACTS, "1.7.1.116", ("sm86",))
+    assert fingerprint(with_values(8), FACTS, "1.7.1.116", ("sm86",)) == base
+    assert fingerprint(with_values(9), FACTS, "1.7.1.116", ("sm86",)) != base
+    assert fingerprint(cell(), FACTS, "1.7.1.116", ("sm86",)) != base
+
+
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo" / "rtx-matrix.yaml"
+DEMO_FINGERPRINTS = {
+    # Computed before shape-input values existed: a manifest without them keeps its
+    # fingerprints, so nothing in an existing lock rebuilds.
+    "classifier@default": "b4238d992d08e74c8fb5d2c4ee4586be86c676899a62e2d96d58138f5d5cb9cb",
+    "classifier@default+weightless": (
+        "382430abc0f3e403ca0e0e529e59d9ebdc4b09e740cf0bd2c41d0f72e70213f8"
+    ),
+    "classifier@rtx40": "5681879c16456f7bc916638cb1d8466b2cb4f808fcc56733e35c368c1f02a6ad",
+    "classifier@rtx40+weightless": (
+        "c0b8fc9b239e47ec340c776304b794a240dd2e3cb46ccb512ae4296b3a1e4a28"
+    ),
+    "classifier@sm75": "5f3fd3dc8af376696ea80a130ae038a44cc61f18de47f587abcb5ab72856ca55",
+    "detector@default": "0e985b3e8ff8532bbfee59df830412029af85b125325939a5a47f878369406a8",
+    "detector@ampere-plus": "9379876e8250ff2f5c66a0a916a8a5c19f21a80edb55140cc069cc5f538dee05",
+    "detector@sm75": "1bd8ba8213e008dbada772b1e169fa3ff6f79046ec43df3d8184bfa158db27f4",
+    "ranker@default": "a9db5d2b575235dfe6ca2d30b8a691c1b22476ff2598287e67cb15c88cef204c",
+    "ranker@ampere-plus": "32a74bb65dc2d78de1031dac3a4bed4b909140dd59809243a5b15517399aacdb",
+    "fp8-head@default": "7ec5162f92a5b7c4a7499e228fc66fd0d6eaf05319516318aa1a180ba16d24d5",
+    "fp8-head@rtx40": "d6dc4a9331b8c228bcdcd7cd4412a942fe87659545f0c954327652e49fccfda2",
+    "fp8-head@current": "22c3c85446a1c651f2c6dad0431a73aba655b831768ff4acc2c1407e1279786a",
+}
+
+
+def test_demo_fingerprints_do_not_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTX_MATRIX_CACHE_DIR", str(tmp_path))
+    plan = load_plan(DEMO)
+    assert {c.id: planned_fingerprint(c, plan, "1.7.1.116") for c in plan.buildable} == (
+        DEMO_FINGERPRINTS
+    )
