@@ -1,8 +1,9 @@
-"""Render a Plan for people (a table) and for programs (JSON)."""
+"""Render a Plan for people (a table) and for programs (JSON); Markdown is in `markdown`."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, TextIO
 
 from matrix.plan.types import Cell, Plan, Severity, Verdict
@@ -33,8 +34,14 @@ def cell_json(cell: Cell) -> dict[str, Any]:
 
 
 def plan_json(plan: Plan) -> str:
+    summary: dict[str, Any] = {v.value: len(plan.with_verdict(v)) for v in Verdict}
+    summary["rejected_by_rule"] = rejected_by_rule(plan)
     return json.dumps(
-        {"tensorrt_rtx": plan.tensorrt_rtx, "cells": [cell_json(c) for c in plan.cells]},
+        {
+            "tensorrt_rtx": plan.tensorrt_rtx,
+            "cells": [cell_json(c) for c in plan.cells],
+            "summary": summary,
+        },
         indent=2,
     )
 
@@ -94,8 +101,23 @@ def print_rich_table(plan: Plan, rows: list[tuple[str, str, str, str]], out: Tex
 
 
 def summary_line(plan: Plan) -> str:
-    counts = {v: len(plan.with_verdict(v)) for v in Verdict}
-    return ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no cells"
+    """`10 build, 3 needs-gpu, 4 rejected (3 turing-fp32-gemm, 1 dtype-needs-cc), 1 excluded`."""
+    parts = []
+    for verdict in Verdict:
+        count = len(plan.with_verdict(verdict))
+        if not count:
+            continue
+        by_rule = rejected_by_rule(plan) if verdict is Verdict.REJECTED else {}
+        rules = ", ".join(f"{n} {rule}" for rule, n in by_rule.items())
+        parts.append(f"{count} {verdict}" + (f" ({rules})" if rules else ""))
+    return ", ".join(parts) or "no cells"
+
+
+def rejected_by_rule(plan: Plan) -> dict[str, int]:
+    """Rejected cells per rule, most first (then by name). A cell that breaks two rules
+    counts under each, so the counts may add up to more than the rejected cells."""
+    counts = Counter(rule for cell in plan.rejected for rule in {r.rule for r in cell.errors})
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def rejection_lines(plan: Plan) -> list[str]:

@@ -40,7 +40,8 @@ def test_json_lists_every_cell_with_verdict_and_runs_on(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["plan", "--json", "--skip-rejected"]) == 0
-    cells = {c["id"]: c for c in json.loads(capsys.readouterr().out)["cells"]}
+    out = capsys.readouterr().out
+    cells = {c["id"]: c for c in json.loads(out)["cells"]}
     assert {k: v["verdict"] for k, v in cells.items()} == {
         "mlp@default": "build",
         "mlp@sm75": "rejected",
@@ -55,6 +56,13 @@ def test_json_lists_every_cell_with_verdict_and_runs_on(
     assert cells["head@default"]["runs_on"] == ["sm89", "sm120", "sm121", "newer"]
     assert cells["mlp@default"]["runs_on"] == ["sm80", "sm86", "sm89", "sm120", "sm121", "newer"]
     assert {r["rule"] for r in cells["mlp@sm75"]["reasons"]} == {"turing-fp32-gemm"}
+    assert json.loads(out)["summary"] == {
+        "build": 2,
+        "needs-gpu": 2,
+        "rejected": 4,
+        "excluded": 1,
+        "rejected_by_rule": {"dtype-needs-cc": 2, "turing-fp32-gemm": 2},
+    }
     assert set(cells["mlp@default"]) == {
         "id",
         "model",
@@ -95,7 +103,10 @@ def test_skip_rejected_turns_rejections_into_warnings(
     assert len(captured.err.splitlines()) == 4
     table = captured.out.splitlines()
     assert table[0].split() == ["cell", "verdict", "runs", "on", "why"]
-    assert table[-1] == "2 build, 2 needs-gpu, 4 rejected, 1 excluded"
+    # Rejected cells counted by rule: why nothing builds shows at a glance.
+    assert table[-1] == (
+        "2 build, 2 needs-gpu, 4 rejected (2 dtype-needs-cc, 2 turing-fp32-gemm), 1 excluded"
+    )
     row = next(line for line in table if line.startswith("mlp@turing-mix"))
     assert "rejected" in row and "sm75 sm86" in row
 
