@@ -13,6 +13,8 @@ from matrix.plan.load import load_plan, resolve_manifest
 if TYPE_CHECKING:
     from matrix.plan.types import Plan
 
+FORMATS = ("table", "json", "markdown")
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -25,7 +27,16 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_manifest_arg(parser)
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (default), json, or markdown: a grid of models by targets for a "
+        "pull-request comment or $GITHUB_STEP_SUMMARY",
+    )
+    parser.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
     parser.add_argument(
         "--skip-rejected",
         action="store_true",
@@ -56,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.github_matrix:
         print(github_matrix_line(plan, args))
-    elif args.json:
+    elif args.format == "json":
         print(plan_json(plan))
+    elif args.format == "markdown":
+        from matrix.plan.markdown import plan_markdown
+
+        sys.stdout.write(plan_markdown(plan))
     else:
         print_plan_table(plan, sys.stdout)
     report_rejected(plan, None, args.skip_rejected)

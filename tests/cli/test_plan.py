@@ -111,6 +111,41 @@ def test_skip_rejected_turns_rejections_into_warnings(
     assert "rejected" in row and "sm75 sm86" in row
 
 
+def test_markdown_grid_shows_rejections_by_rule_and_folds_the_reasons(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--format", "markdown"]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 4  # the same error lines as the table
+    lines = captured.out.splitlines()
+    assert lines[2] == "| model | default | sm75 | turing-mix | sm86 | current |"
+    assert lines[4] == (
+        "| mlp | ✅ build · sm80 sm86 sm89 sm120 sm121 newer | ❌ rejected: `turing-fp32-gemm` "
+        "| ❌ rejected: `turing-fp32-gemm` |  |  |"
+    )
+    assert lines[5].endswith(
+        "| ❌ rejected: `dtype-needs-cc`<br>❌ weightless rejected: `dtype-needs-cc` "
+        "| 🟡 needs-gpu · current<br>➖ weightless excluded |"
+    )
+    assert "<details><summary>4 rejected cells</summary>" in lines
+    assert (
+        "- `head@sm86` `dtype-needs-cc`: the model uses FP8, which needs CC 8.9 or newer; "
+        "sm86 cannot run it"
+    ) in lines
+    assert "<details><summary>1 warning</summary>" in lines
+
+
+def test_json_flag_is_format_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--skip-rejected", "--json"]) == 0
+    flag = capsys.readouterr().out
+    assert main(["plan", "--skip-rejected", "--format", "json"]) == 0
+    assert capsys.readouterr().out == flag
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", "--format", "yaml"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'yaml'" in capsys.readouterr().err
+
+
 def test_clean_plan_exits_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     modelgen.matmul_fp16(tmp_path / "m.onnx")
     (tmp_path / "rtx-matrix.yaml").write_text(
