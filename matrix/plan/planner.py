@@ -318,7 +318,7 @@ def _shared_dim_reason(
     )
     ranges = _and([f"{a}..{b}" for a, b in zip(lows, highs, strict=True)])
     if low > high:
-        message = f"{subject}, but their ranges {ranges} do not overlap"
+        message = f"{subject}, but their ranges {ranges} do not overlap: give them one range"
         return Reason(R.PROFILE_SHARED_DIMS, message, Severity.ERROR)
     if low < high and len(set(opts)) > 1:
         message = f"{subject}, but opt gives them {_and([str(o) for o in opts])}: give one opt"

@@ -128,7 +128,7 @@ def test_shared_dims_reasons_name_input_dims_and_sizes(tmp_path: Path) -> None:
     assert result.error is not None and "contradictory IOptimizationProfile" in result.error
     assert [r.message for r in cell.errors] == [
         "profiles[0]: input 'x0' dims 2 and 3 share the name '?', so TensorRT-RTX takes them "
-        "as equal, but their ranges 48..48 and 192..320 do not overlap"
+        "as equal, but their ranges 48..48 and 192..320 do not overlap: give them one range"
     ]
     narrowed = Profile((InputShape("x0", *NCHW_FIXED_H),))
     cell, result = plan_and_build(tmp_path, onnx, (narrowed,))
