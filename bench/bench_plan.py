@@ -1,7 +1,8 @@
 """`rtx-matrix plan` on 100 models x 10 target sets x 2 weightless values (2,000 cells).
 
 Target (issue 2): at most 0.5 s wall with warm ONNX facts. Measures the whole CLI process,
-start-up included, for the table and for --json, and prints the best and median of N runs.
+start-up included, for the table, --json and --format markdown, and prints the best and
+median of N runs.
 
     python bench/bench_plan.py [--runs 7]
 """
@@ -77,7 +78,12 @@ def main() -> int:
             f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
         )
         worst = 0.0
-        for label, extra in (("plan --json", ["--json"]), ("plan (table)", [])):
+        formats = (
+            ("plan --json", ["--json"]),
+            ("plan (table)", []),
+            ("plan markdown", ["--format", "markdown"]),
+        )
+        for label, extra in formats:
             times = [time_run(base + extra, env) for _ in range(args.runs)]
             worst = max(worst, min(times))
             print(f"  {label:14} best {min(times):.3f} s  median {statistics.median(times):.3f} s")
