@@ -130,18 +130,22 @@ def test_a_hit_does_not_import_onnx(tmp_path: Path) -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_warm_hits_are_fast(tmp_path: Path) -> None:
-    models = [modelgen.conv_fp16(tmp_path / f"m{i}.onnx", seed=i) for i in range(10)]
+def test_warm_hits_neither_inspect_nor_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count_inspections: list[Path]
+) -> None:
+    """What keeps a warm plan fast (its speed is measured by bench/bench_noop.py): a hit on a
+    model whose stat is unchanged and not racy reads no model byte."""
+    models = [modelgen.conv_fp16(tmp_path / f"m{i}.onnx", seed=i) for i in range(3)]
+    for model in models:
+        os.utime(model, ns=(10**18, 10**18))  # long before the entries are written
     cache = FactsCache(tmp_path / "cache")
     for model in models:
         cache.get(model)
-    start = time.perf_counter()
-    for _ in range(100):
-        for model in models:
-            cache.get(model)
-    elapsed = time.perf_counter() - start
-    # ~0.08 s here; the no-op build budget for 1,000 cells is 0.3 s in all.
-    assert elapsed < 0.3, f"1,000 warm gets took {elapsed:.3f} s"
+    hashed: list[Path] = []
+    monkeypatch.setattr(facts_cache, "content_digest", lambda path, *_: hashed.append(path))
+    for model in models:
+        FactsCache(tmp_path / "cache").get(model)
+    assert (len(count_inspections), hashed) == (3, [])
 
 
 def _rewrite_keeping_stat(path: Path, seed: int) -> None:
