@@ -369,7 +369,9 @@ def test_billion_laughs_is_refused_quickly(tmp_path: Path) -> None:
     assert lines == [
         "m.yaml:7:5: $.l5: YAML aliases expand to more than 100,000 nodes (an alias bomb?): refused"
     ]
-    assert elapsed < 0.2
+    # Expanded, these aliases are 387 million nodes: minutes. Refused, a few ms; the bound is
+    # loose because CI machines are shared.
+    assert elapsed < 5
 
 
 def test_small_aliases_are_fine(tmp_path: Path) -> None:
