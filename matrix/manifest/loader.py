@@ -29,6 +29,7 @@ from matrix.manifest.types import (
     Model,
     Profile,
     Target,
+    locate,
 )
 from matrix.manifest.valid_cache import known_valid, remember_valid
 from matrix.manifest.yaml_nodes import (
@@ -132,14 +133,8 @@ def _read_document(raw: bytes, file: str) -> Document:
 
 
 def _locate(locations: Mapping[str, Location], json_path: str) -> Location:
-    """Where `json_path` stands, or its nearest located ancestor."""
-    path = json_path
-    while path not in locations:
-        cut = max(path.rfind("."), path.rfind("["))
-        if cut <= 0:
-            return locations.get("$", (1, 1))
-        path = path[:cut]
-    return locations[path]
+    """Where `json_path` stands, or its nearest located ancestor; the file's start if none."""
+    return locate(locations, json_path) or (1, 1)
 
 
 def _mapping(value: Any) -> dict[str, Any]:
