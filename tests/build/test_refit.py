@@ -248,8 +248,8 @@ def test_lock_unknown_cell_suggests_one(capsys: pytest.CaptureFixture[str], lock
     assert run(capsys, "--lock", lock, "mlp@sm89+weigthless") == (
         2,
         [
-            f"error: {lock}: no engine 'mlp@sm89+weigthless' in the lock; "
-            "did you mean mlp@sm89+weightless?"
+            f"error: {lock}: no engine 'mlp@sm89+weigthless' in the lock, "
+            "did you mean 'mlp@sm89+weightless'?"
         ],
     )
 
