@@ -51,6 +51,11 @@ class Cell:
     needs_gpu: bool
 
     @property
+    def buildable(self) -> bool:
+        """An executor may build it: `build`, or `needs-gpu` where a GPU is present."""
+        return self.verdict in (Verdict.BUILD, Verdict.NEEDS_GPU)
+
+    @property
     def errors(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.severity is Severity.ERROR)
 
@@ -81,5 +86,5 @@ class Plan:
 
     @property
     def buildable(self) -> tuple[Cell, ...]:
-        """Cells an executor may build: `build`, and `needs-gpu` where a GPU is present."""
-        return self.with_verdict(Verdict.BUILD, Verdict.NEEDS_GPU)
+        """Cells an executor may build (`Cell.buildable`)."""
+        return tuple(c for c in self.cells if c.buildable)
