@@ -57,12 +57,6 @@ class PlanRejected(MatrixError):
     exit_code = 1
 
 
-class BuildFailed(MatrixError):
-    """At least one cell failed to build."""
-
-    exit_code = 1
-
-
 class Stale(MatrixError):
     """`--check`: something is out of date."""
 

@@ -244,11 +244,6 @@ def runs_on_of(
     )
 
 
-def build_ccs(cell: Cell, current: CC | None = None) -> tuple[str, ...]:
-    """CC names to hand the builder: () for the library default."""
-    return tuple(cc.name for cc in explicit_ccs(cell.target, current))
-
-
 def expected_mask(cell: Cell) -> int | None:
     """The engine-header CC mask a CPU build of this cell must produce; None when unknown."""
     if cell.needs_gpu:
