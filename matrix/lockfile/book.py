@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from matrix import __version__
 from matrix.atomic import write_atomic
-from matrix.lockfile.fingerprint import build_options, plan_stamp
+from matrix.lockfile.fingerprint import build_options, plan_identity
 from matrix.lockfile.freshness import relative_posix
 from matrix.lockfile.io import EntryCache, lock_to_json
 from matrix.lockfile.stamps import Stamps
@@ -36,12 +36,12 @@ def lock_header(
     shard: str | None = None,
     known: Mapping[str, str] | None = None,
 ) -> Lock:
-    """A lock with no engines, stamped for `plan` (`known`: fingerprints already computed)."""
+    """A lock with no engines, for `plan` (`known`: fingerprints already computed)."""
     return Lock(
         tool=__version__,
         tensorrt_rtx=installed,
         manifest=relative_posix(plan.manifest.path, lock_path.parent.resolve()),
-        plan=plan_stamp(plan, installed, known),
+        plan=plan_identity(plan, installed, known),
         shard=shard,
     )
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from matrix.atomic import write_atomic
 from matrix.errors import InputError, Problem
-from matrix.lockfile.types import LOCK_VERSION, Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import LOCK_VERSION, Lock, LockEntry, ModelRef, PlanIdentity
 
 _COMPACT = (", ", ": ")
 _EXPANDED_DEPTH = 2
@@ -180,7 +180,7 @@ def lock_from_dict(data: Mapping[str, Any]) -> Lock:
         tool=_str(data["tool"]),
         tensorrt_rtx=_str(data["tensorrt_rtx"]),
         manifest=_str(data["manifest"]),
-        plan=PlanStamp(digest=_str(plan["digest"]), cells=_strs(plan["cells"])),
+        plan=PlanIdentity(digest=_str(plan["digest"]), cells=_strs(plan["cells"])),
         engines=MappingProxyType(engines),
         shard=None if data.get("shard") is None else _str(data["shard"]),
         version=LOCK_VERSION,

@@ -14,12 +14,12 @@ from matrix.build.executor import Job, Outcome, Run, RunOptions, Status
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
-from matrix.lockfile.types import Lock, PlanStamp
+from matrix.lockfile.types import Lock, PlanIdentity
 from matrix.manifest.types import BuilderOptions
 
 
 def header() -> Lock:
-    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanStamp("e" * 64, ()))
+    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanIdentity("e" * 64, ()))
 
 
 def on_disk(path: Path) -> list[str]:

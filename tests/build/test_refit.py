@@ -22,7 +22,7 @@ from matrix.build.messages import BuildRequest
 from matrix.cli import main
 from matrix.facts.cache import FactsCache
 from matrix.lockfile.io import write_lock
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 from matrix.manifest.types import BuilderOptions
 from tests.modelgen import mlp_fp32
 from tests.test_gpu import H100, RTX4090, FakeNvml
@@ -220,7 +220,8 @@ def lock(tmp_path: Path, model: Path) -> Path:
     path = tmp_path / "m.lock"
     write_lock(
         path,
-        Lock("0.1.0", "1.7.1.116", "m.yaml", PlanStamp("e" * 64, cells), MappingProxyType(entries)),
+        Lock("0.1.0", "1.7.1.116", "m.yaml", PlanIdentity("e" * 64, cells),
+             MappingProxyType(entries)),
     )
     return path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from matrix.lockfile.fingerprint import fingerprint, plan_stamp
+from matrix.lockfile.fingerprint import fingerprint, plan_identity
 from matrix.manifest.types import BuilderOptions
 from matrix.plan.types import Cell, Plan, Verdict
 from tests.factories import facts, manifest, model, target
@@ -50,9 +50,9 @@ def test_weightless_ignores_weights_but_not_graph() -> None:
     )
 
 
-def test_plan_stamp_covers_buildable_cells_only() -> None:
+def test_plan_identity_covers_buildable_cells_only() -> None:
     good, other = cell(), replace(cell(), id="m@x", verdict=Verdict.REJECTED)
     plan = Plan(manifest(good.model), (good, other), {"m": FACTS}, "1.7.1.116")
-    stamp = plan_stamp(plan, "1.7.1.116")
-    assert stamp.cells == ("m@sm86",)
-    assert stamp.digest != plan_stamp(plan, "1.7.2.1").digest
+    identity = plan_identity(plan, "1.7.1.116")
+    assert identity.cells == ("m@sm86",)
+    assert identity.digest != plan_identity(plan, "1.7.2.1").digest

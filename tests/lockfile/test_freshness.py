@@ -15,7 +15,7 @@ from matrix.gpu import Gpu
 from matrix.lockfile import freshness as F
 from matrix.lockfile.fingerprint import build_options, fingerprint
 from matrix.lockfile.stamps import Stamps
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 from matrix.manifest.types import BuilderOptions
 from matrix.plan.capabilities import SM86, SM89
 from matrix.plan.types import Cell, Plan, Verdict
@@ -70,7 +70,7 @@ def locked(
 
 
 def lock_of(version: str = VERSION, **entries: LockEntry) -> Lock:
-    return Lock("0.1.0", version, "m.yaml", PlanStamp("e" * 64, ()), MappingProxyType(entries))
+    return Lock("0.1.0", version, "m.yaml", PlanIdentity("e" * 64, ()), MappingProxyType(entries))
 
 
 def states(plan: Plan, lock: Lock | None, **kw: object) -> dict[str, F.CellState]:
