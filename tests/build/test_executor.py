@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from matrix.build import executor
-from matrix.build.executor import Job, Outcome, Run, RunOptions, Status
+from matrix.build.executor import CellTask, Outcome, Run, RunOptions, Status
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
@@ -47,17 +47,17 @@ class FakePool:
             yield BuildResult(request.cell_id, ok, 0.1, error=None if ok else "boom")
 
 
-def fake_jobs(*ids: str) -> list[Job]:
+def fake_tasks(*ids: str) -> list[CellTask]:
     def request(cell_id: str) -> BuildRequest:
         return BuildRequest(cell_id, "m.onnx", (), False, False, BuilderOptions(), (), "", "")
 
-    return [Job(state=None, request=request(i), on_gpu=False) for i in ids]  # type: ignore[arg-type]
+    return [CellTask(state=None, request=request(i), on_gpu=False) for i in ids]  # type: ignore[arg-type]
 
 
 def drain(keep_going: bool, fail: set[str], jobs: int = 1) -> tuple[list[Any], FakePool]:
     run = Run(plan=None, book=None, options=RunOptions(jobs, keep_going), gpu=None)  # type: ignore[arg-type]
     pool = FakePool(jobs, fail)
-    executor._drain_pool(run, pool, fake_jobs("c1", "c2", "c3"))
+    executor._drain_pool(run, pool, fake_tasks("c1", "c2", "c3"))
     messages = []
     while not run.messages.empty():
         kind, payload = run.messages.get()
@@ -79,7 +79,7 @@ def test_orchestration_with_fake_builder_stops_starting_after_a_failure() -> Non
 def test_orchestration_with_fake_builder_keeps_going(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded: list[str] = []
 
-    def record(run: Run, job: Job, result: BuildResult) -> Outcome:
+    def record(run: Run, task: CellTask, result: BuildResult) -> Outcome:
         recorded.append(result.cell_id)
         status = Status.BUILT if result.ok else Status.FAILED
         return Outcome(result.cell_id, status, result.seconds, result.error or "")
@@ -94,9 +94,9 @@ def test_an_engine_gone_before_it_is_recorded_fails_its_cell(tmp_path: Path) -> 
     book = LockBook(tmp_path / "m.lock", header(), {}, Stamps.load(tmp_path), None)
     run = Run(plan=None, book=book, options=RunOptions(), gpu=None)  # type: ignore[arg-type]
     state = type("State", (), {"engine": tmp_path / "gone.engine"})()
-    job = Job(state=state, request=fake_jobs("c1")[0].request, on_gpu=False)  # type: ignore[arg-type]
+    task = CellTask(state=state, request=fake_tasks("c1")[0].request, on_gpu=False)  # type: ignore[arg-type]
     result = BuildResult("c1", True, 0.5, sha256="0" * 64, size=1, header_mask=1)
-    outcome = executor._record(run, job, result)
+    outcome = executor._record(run, task, result)
     assert outcome.status is Status.FAILED
     assert outcome.detail.startswith("engine lost: [Errno 2] No such file or directory")
     assert not (tmp_path / "m.lock").exists()
