@@ -63,8 +63,8 @@ class Stale(MatrixError):
     exit_code = 1
 
 
-class LockBusy(MatrixError):
-    """Another rtx-matrix process holds the output folder."""
+class OutputBusy(MatrixError):
+    """Another rtx-matrix process holds the output folder (its mutex, not the lockfile)."""
 
     exit_code = 3
 

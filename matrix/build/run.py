@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matrix.errors import Interrupted, LockBusy
+from matrix.errors import Interrupted, OutputBusy
 from matrix.file_lock import Busy, file_lock
 from matrix.lockfile.stamps import state_dir
 
@@ -76,7 +76,7 @@ def output_lock(output: Path, wait: float) -> Iterator[None]:
             yield
     except Busy:
         pid = _read_owner(folder / "owner")
-        raise LockBusy(f"another rtx-matrix build is running on {output} (pid {pid})") from None
+        raise OutputBusy(f"another rtx-matrix build is running on {output} (pid {pid})") from None
 
 
 def _read_owner(owner: Path) -> str:
