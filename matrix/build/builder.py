@@ -151,7 +151,7 @@ def _set_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profi
 
 
 def _set_options(config: Any, options: BuilderOptions, log: _BuildLog) -> None:
-    """Only options TensorRT-RTX honours (the others are no-ops there; see DESIGN.md)."""
+    """Only options TensorRT-RTX honours (the others are no-ops there: docs/tensorrt-rtx.md)."""
     if options.optimization_level is not None:
         _set_attribute(config, "builder_optimization_level", options.optimization_level,
                        "optimization_level", log)

@@ -254,4 +254,5 @@ def expected_mask(cell: Cell) -> int | None:
 
 
 DEFAULT_MASK = mask_of(RULES_1_7.default_targets, newer=True)
-"""0x7e, measured: the default build's header names every default target whatever the dtypes."""
+"""0x7e: the default build's header names every default target whatever the dtypes
+(measured: docs/tensorrt-rtx.md)."""

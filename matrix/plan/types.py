@@ -32,7 +32,7 @@ class Severity(str, Enum):
 @dataclass(frozen=True)
 class Reason:
     rule: str
-    """Stable id of the rule in `matrix.plan.rules`, e.g. `fp8-needs-sm89`."""
+    """Stable id of the rule in `matrix.plan.rules`, e.g. `dtype-needs-cc`."""
     message: str
     severity: Severity
 
