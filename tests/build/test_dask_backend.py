@@ -33,7 +33,11 @@ def cluster() -> Iterator[Any]:
 
     spec = {"cpu-0": worker(), "cpu-1": worker(), "gpu-0": worker(resources={"GPU": 1})}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
-    with SpecCluster(workers=spec, scheduler=scheduler, silence_logs=50) as running:
+    # distributed ships no annotations for SpecCluster.
+    cluster = SpecCluster(  # type: ignore[no-untyped-call]
+        workers=spec, scheduler=scheduler, silence_logs=50
+    )
+    with cluster as running:
         yield running
 
 

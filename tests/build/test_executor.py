@@ -35,14 +35,26 @@ class FakePool:
         self.queue: list[BuildRequest] = []
         self.started: list[str] = []
 
+    def __enter__(self) -> FakePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.queue.clear()
+
     def submit(self, request: BuildRequest) -> None:
         self.queue.append(request)
 
-    def results(self, on_event: Callable[[ProgressEvent], None]) -> Iterator[BuildResult]:
+    def results(
+        self, on_event: Callable[[ProgressEvent], None] | None = None
+    ) -> Iterator[BuildResult]:
         while self.queue:
             request = self.queue.pop(0)
             self.started.append(request.cell_id)
-            on_event(ProgressEvent(request.cell_id, "start"))
+            if on_event is not None:
+                on_event(ProgressEvent(request.cell_id, "start"))
             ok = request.cell_id not in self.fail
             yield BuildResult(request.cell_id, ok, 0.1, error=None if ok else "boom")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8
-from matrix.manifest.types import Exclusion
+from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8, ModelFacts
+from matrix.manifest.types import Exclusion, Profile, Target
 from matrix.plan import rules as R
 from matrix.plan.capabilities import SM89
 from matrix.plan.planner import expected_mask, make_plan
@@ -13,8 +13,10 @@ from matrix.plan.types import Cell, Verdict
 from tests.factories import facts, manifest, model, profile, target
 
 
-def one_cell(t, f, weightless=False, **kw) -> Cell:
-    m = model(targets=(t,), weightless=(weightless,), **kw)
+def one_cell(
+    t: Target, f: ModelFacts, weightless: bool = False, profiles: tuple[Profile, ...] = ()
+) -> Cell:
+    m = model(targets=(t,), weightless=(weightless,), profiles=profiles)
     plan = make_plan(manifest(m), {"m": f})
     (cell,) = plan.cells
     return cell
