@@ -57,20 +57,14 @@ class PlanRejected(MatrixError):
     exit_code = 1
 
 
-class BuildFailed(MatrixError):
-    """At least one cell failed to build."""
-
-    exit_code = 1
-
-
 class Stale(MatrixError):
     """`--check`: something is out of date."""
 
     exit_code = 1
 
 
-class LockBusy(MatrixError):
-    """Another rtx-matrix process holds the output folder."""
+class OutputBusy(MatrixError):
+    """Another rtx-matrix process holds the output folder (its mutex, not the lockfile)."""
 
     exit_code = 3
 

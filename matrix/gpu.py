@@ -101,10 +101,6 @@ class GpuInventory:
             raise GpuError(gpu.refusal)
         return gpu
 
-    def resolve_current(self, device: int | None = None) -> CC:
-        """The CC a `current` target means on this machine."""
-        return self.pick(device).cc
-
     def _no_such_device(self, device: int) -> str:
         if not self.gpus:
             return f"--device {device}: {self.unusable_reason()}"

@@ -1,8 +1,43 @@
-"""Shared test set-up. Tests marked `gpu` run only where TensorRT-RTX has a GPU to use."""
+"""Shared test set-up. Tests marked `gpu` run only where TensorRT-RTX has a GPU to use.
+
+No test writes to the home folder of whoever runs the suite (pre-commit's
+`dont_write_to_home_directory` is the model): every test gets a home and cache folder of its
+own under pytest's tmp folder, through the environment, so the CLI subprocesses a test starts
+inherit them. Module-scoped fixtures run before any test's own, so they get one for the session.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+
+def use_home(patch: pytest.MonkeyPatch, home: Path) -> None:
+    """Point everything that finds the home or cache folder at `home` (not created here)."""
+    patch.setenv("HOME", str(home))
+    patch.setenv("USERPROFILE", str(home))  # what Path.home() reads on Windows
+    patch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    patch.setenv("RTX_MATRIX_CACHE_DIR", str(home / ".cache" / "rtx-matrix"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("session-home")
+    with pytest.MonkeyPatch.context() as patch:
+        use_home(patch, home)
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def dont_write_to_home_directory(
+    session_home: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """This test's home; its cache is `<home>/.cache/rtx-matrix`."""
+    home = tmp_path_factory.mktemp("home")
+    use_home(monkeypatch, home)
+    return home
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -81,7 +81,7 @@ def test_this_host_has_no_gpu_and_says_why() -> None:
     assert inventory.usable() == ()
     assert gpu_skip_reason(inventory) == reason
     with pytest.raises(GpuError, match=f"^{re.escape(reason)}$"):
-        inventory.resolve_current()
+        inventory.pick()
 
 
 def test_missing_nvml_library_is_a_reason_not_an_exception() -> None:
@@ -118,13 +118,13 @@ def test_rtx4090_resolves_current_to_sm89() -> None:
         Gpu(0, "NVIDIA GeForce RTX 4090", SM89, 24 << 30, uuid="GPU-00000000-fake"),
     )
     assert inventory.reason is None
-    assert inventory.resolve_current() == SM89
-    assert inventory.resolve_current().name == "sm89"
+    assert inventory.pick().cc == SM89
+    assert inventory.pick().cc.name == "sm89"
     assert gpu_skip_reason(inventory) is None
 
 
 def test_rtx5090_resolves_current_to_sm120() -> None:
-    assert inventory_of(RTX5090).resolve_current(0) == SM120
+    assert inventory_of(RTX5090).pick(0).cc == SM120
 
 
 def test_h100_is_refused_with_the_reason() -> None:
@@ -132,7 +132,7 @@ def test_h100_is_refused_with_the_reason() -> None:
     assert inventory.usable() == ()
     assert inventory.gpus[0].refusal == H100_REFUSAL
     with pytest.raises(GpuError) as raised:
-        inventory.resolve_current()
+        inventory.pick()
     assert str(raised.value) == H100_REFUSAL
     assert raised.value.exit_code == 3
     assert gpu_skip_reason(inventory) == H100_REFUSAL
@@ -153,7 +153,7 @@ def test_mixed_host_picks_the_first_supported_gpu_and_honours_device() -> None:
     inventory = inventory_of(H100, RTX4090, RTX3090)
     assert [gpu.index for gpu in inventory.usable()] == [1, 2]
     assert inventory.pick().name == "NVIDIA GeForce RTX 4090"
-    assert inventory.resolve_current(2) == CC(8, 6)
+    assert inventory.pick(2).cc == CC(8, 6)
     with pytest.raises(GpuError, match=r"^GPU 0 \(NVIDIA H100 80GB HBM3, CC 9\.0\) is not a"):
         inventory.pick(0)
     with pytest.raises(GpuError) as raised:
@@ -206,7 +206,7 @@ def test_gpu_at_an_unknown_cc_is_refused_by_name() -> None:
 
 
 def test_newer_gpu_resolves_to_its_own_cc() -> None:
-    assert inventory_of(("NVIDIA GeForce RTX 6090", (12, 2))).resolve_current() == CC(12, 2)
+    assert inventory_of(("NVIDIA GeForce RTX 6090", (12, 2))).pick().cc == CC(12, 2)
 
 
 def test_cuda_env_pins_by_uuid_or_pci_order() -> None:

@@ -1,6 +1,7 @@
-"""Every generated model against the real TensorRT-RTX builder, at the CCs DESIGN.md names.
+"""Every generated model against the real TensorRT-RTX builder, at the CCs docs/tensorrt-rtx.md
+names.
 
-The expected outcomes are DESIGN.md's table of facts measured with tensorrt-rtx 1.7.1.
+The expected outcomes are docs/tensorrt-rtx.md's facts, measured with tensorrt-rtx 1.7.1.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ CASES: list[tuple[Gen, tuple[str, ...], str | None]] = [
     (modelgen.dynamic_batch_mlp, (), NO_PROFILE),
     (modelgen.shape_input_model, (), NO_PROFILE),  # built with values in tests/build
     (modelgen.named_dims_model, (), NO_PROFILE),  # built with profiles in tests/plan
-    # DESIGN.md: *some* real models with `If` fail inside the builder; this small one builds.
+    # docs/tensorrt-rtx.md: *some* real models with `If` fail in the builder; this one builds.
     (modelgen.if_model, (), None),
     (modelgen.external_data_model, (), None),
 ]

@@ -21,7 +21,7 @@ import tensorrt_rtx as trt
 
 from matrix.build import library_log
 from matrix.build.engine_header import describe_mask, read_header, version_tuple
-from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent, one_line
 from matrix.build.temp_files import temp_path
 from matrix.manifest.types import BuilderOptions, Profile, ValueRange
 
@@ -54,9 +54,9 @@ def build(request: BuildRequest, on_progress: ProgressCallback | None = None) ->
                 return _failed(request, started, str(error))
             except Exception as error:  # a library binding raising is still one cell's failure
                 log.note(f"FAILED: {type(error).__name__}: {error}")
-                return _failed(request, started, _one_line(f"{type(error).__name__}: {error}"))
+                return _failed(request, started, one_line(f"{type(error).__name__}: {error}"))
     except OSError as error:  # the log itself could not be written
-        return _failed(request, started, _one_line(f"cannot write build log: {error}"))
+        return _failed(request, started, one_line(f"cannot write build log: {error}"))
     finally:
         emit(ProgressEvent(cell_id=request.cell_id, kind="end", pid=os.getpid()))
     return BuildResult(cell_id=request.cell_id, ok=True, seconds=time.monotonic() - started,
@@ -96,7 +96,7 @@ def _build_engine(request: BuildRequest, log: _BuildLog,
 def _parser_error(parser: Any, log: _BuildLog) -> str:
     errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
     text = "; ".join(errors) or log.last_error or "the ONNX parser failed without a message"
-    return _one_line(f"cannot parse ONNX model: {text}")
+    return one_line(f"cannot parse ONNX model: {text}")
 
 
 def _set_targets(config: Any, request: BuildRequest, log: _BuildLog) -> None:
@@ -161,11 +161,11 @@ def _set_shape_values(optimization_profile: Any, name: str, values: ValueRange,
         optimization_profile.set_shape_input(name, values.min, values.opt, values.max)
     except (RuntimeError, TypeError, ValueError) as error:
         raise BuildError(f"TensorRT-RTX refused the values of input {name!r} in profile "
-                         f"{number}: {_one_line(str(error))}") from error
+                         f"{number}: {one_line(str(error))}") from error
 
 
 def _set_options(config: Any, options: BuilderOptions, log: _BuildLog) -> None:
-    """Only options TensorRT-RTX honours (the others are no-ops there; see DESIGN.md)."""
+    """Only options TensorRT-RTX honours (the others are no-ops there: docs/tensorrt-rtx.md)."""
     if options.optimization_level is not None:
         _set_attribute(config, "builder_optimization_level", options.optimization_level,
                        "optimization_level", log)
@@ -344,8 +344,3 @@ def _safe(callback: ProgressCallback | None) -> ProgressCallback:
             callback(event)
 
     return emit
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-

@@ -1,7 +1,6 @@
-"""Reads the two facts rtx-matrix checks in a TensorRT-RTX engine's header, and names the
-temporary files engines are written through.
+"""Reads the two facts rtx-matrix checks in a TensorRT-RTX engine's header.
 
-The layout is undocumented; it was observed with tensorrt-rtx 1.7.1.116 (see DESIGN.md):
+The layout is undocumented; it was observed with tensorrt-rtx 1.7.1.116 (docs/tensorrt-rtx.md):
 bytes 24..27 hold the library version, one byte per part (01 07 01 74 = 1.7.1.116), and
 bytes 32..39 a little-endian bitmask of the compute capabilities the engine was compiled for
 (bit i = `capabilities.KNOWN[i]`, bit 6 = GPUs newer than the newest known CC).

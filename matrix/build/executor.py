@@ -49,7 +49,10 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Job:
+class CellTask:
+    """One stale cell handed to a pool: what the survey found, what its worker gets, and
+    whether it goes to the GPU's pool. (`RunOptions.jobs`, `-j`, is how many run at once.)"""
+
     state: CellState
     request: BuildRequest
     on_gpu: bool
@@ -85,31 +88,31 @@ class Run:
     pools: list[Pool] = field(default_factory=list)
 
 
-def build_jobs(
+def build_tasks(
     plan: Plan,
-    jobs: list[Job],
+    tasks: list[CellTask],
     book: LockBook,
     options: RunOptions,
     gpu: Gpu | None,
     on_event: Callable[[ProgressEvent], None],
     on_outcome: Callable[[Outcome], None],
 ) -> list[Outcome]:
-    """Build `jobs`; every outcome, in finishing order.
+    """Build `tasks`; every outcome, in finishing order.
 
-    The old lock entries of `jobs` leave the lock first (their engines are about to be
+    The old lock entries of `tasks` leave the lock first (their engines are about to be
     replaced). KeyboardInterrupt kills the workers, writes the lock with every finished cell
     and propagates.
     """
     run = Run(plan, book, options, gpu)
-    book.drop(job.request.cell_id for job in jobs)
-    lanes = [lane for lane in _lanes(jobs, options, gpu) if lane[1]]
+    book.drop(task.request.cell_id for task in tasks)
+    lanes = [lane for lane in _lanes(tasks, options, gpu) if lane[1]]
     threads = []
     try:
-        for make_pool, lane_jobs in lanes:
+        for make_pool, lane_tasks in lanes:
             pool = make_pool()
             run.pools.append(pool)
             thread = threading.Thread(
-                target=_drain, args=(run, pool, lane_jobs), daemon=True, name="rtx-matrix-lane"
+                target=_drain, args=(run, pool, lane_tasks), daemon=True, name="rtx-matrix-lane"
             )
             threads.append(thread)
             thread.start()
@@ -128,22 +131,22 @@ PoolFactory = Callable[[], Pool]
 
 
 def _lanes(
-    jobs: list[Job], options: RunOptions, gpu: Gpu | None
-) -> list[tuple[PoolFactory, list[Job]]]:
+    tasks: list[CellTask], options: RunOptions, gpu: Gpu | None
+) -> list[tuple[PoolFactory, list[CellTask]]]:
     """Local: one pool for CPU cells, one single-worker pool for the GPU. Dask: the cluster
     routes GPU cells to workers with the GPU resource, so one lane takes everything."""
     if options.scheduler is not None:
         from matrix.build.pools.dask_cluster import DaskBackend
 
         scheduler = options.scheduler
-        return [(lambda: DaskBackend(scheduler, options.timeout).__enter__(), jobs)]
+        return [(lambda: DaskBackend(scheduler, options.timeout).__enter__(), tasks)]
     from matrix.build.pools import local_pool
 
-    cpu = [job for job in jobs if not job.on_gpu]
-    on_gpu = [job for job in jobs if job.on_gpu]
+    cpu = [task for task in tasks if not task.on_gpu]
+    on_gpu = [task for task in tasks if task.on_gpu]
     cpu_jobs = max(1, min(options.jobs, len(cpu)))
     warm = options.cpu_pool
-    lanes: list[tuple[PoolFactory, list[Job]]] = [
+    lanes: list[tuple[PoolFactory, list[CellTask]]] = [
         (
             lambda: warm if warm is not None else local_pool(cpu_jobs, options.timeout).__enter__(),
             cpu,
@@ -181,9 +184,9 @@ def _collect(
     return outcomes
 
 
-def _drain(run: Run, pool: Pool, jobs: list[Job]) -> None:
+def _drain(run: Run, pool: Pool, tasks: list[CellTask]) -> None:
     try:
-        _drain_pool(run, pool, jobs)
+        _drain_pool(run, pool, tasks)
     except BaseException as error:  # reported to the calling thread, which decides
         if not run.stop_starting.is_set():
             run.messages.put(("crash", error))
@@ -191,19 +194,19 @@ def _drain(run: Run, pool: Pool, jobs: list[Job]) -> None:
         run.messages.put(("done", None))
 
 
-def _drain_pool(run: Run, pool: Pool, jobs: list[Job]) -> None:
+def _drain_pool(run: Run, pool: Pool, tasks: list[CellTask]) -> None:
     """Hand the pool one cell per free worker; stop handing them out after a failure."""
-    waiting = list(reversed(jobs))
-    by_id = {job.request.cell_id: job for job in jobs}
+    waiting = list(reversed(tasks))
+    by_id = {task.request.cell_id: task for task in tasks}
     in_flight = 0
 
     def start_more() -> None:
         nonlocal in_flight
-        batch: list[Job] = []
+        batch: list[CellTask] = []
         while waiting and in_flight + len(batch) < pool.jobs and not run.stop_starting.is_set():
             batch.append(waiting.pop())
-        for job in batch:
-            pool.submit(job.request)
+        for task in batch:
+            pool.submit(task.request)
         in_flight += len(batch)
 
     start_more()
@@ -216,20 +219,20 @@ def _drain_pool(run: Run, pool: Pool, jobs: list[Job]) -> None:
         if outcome.status is Status.FAILED and not run.options.keep_going:
             run.stop_starting.set()  # also a built engine lost before it could be recorded
         run.messages.put(("outcome", outcome))
-    for job in reversed(waiting):
-        run.messages.put(("outcome", Outcome(job.request.cell_id, Status.NOT_STARTED)))
+    for task in reversed(waiting):
+        run.messages.put(("outcome", Outcome(task.request.cell_id, Status.NOT_STARTED)))
 
 
-def _record(run: Run, job: Job, result: BuildResult) -> Outcome:
+def _record(run: Run, task: CellTask, result: BuildResult) -> Outcome:
     if not result.ok:
         return Outcome(result.cell_id, Status.FAILED, result.seconds, result.error or "failed")
     try:
-        make_durable(job.state.engine)  # workers don't fsync: no lock may name it before this
+        make_durable(task.state.engine)  # workers don't fsync: no lock may name it before this
     except OSError as error:
         return Outcome(result.cell_id, Status.FAILED, result.seconds, f"engine lost: {error}")
     lock_dir = run.book.path.parent.resolve()
-    entry = lock_entry(run.plan, job, result, lock_dir, run.gpu)
-    run.book.add(result.cell_id, entry, job.state.engine)
+    entry = lock_entry(run.plan, task, result, lock_dir, run.gpu)
+    run.book.add(result.cell_id, entry, task.state.engine)
     return Outcome(result.cell_id, Status.BUILT, result.seconds)
 
 

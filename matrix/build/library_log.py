@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from matrix.build.messages import one_line
+
 _ERROR = re.compile(r"^\[[^]\n]*\] \[TRT\] \[[EF]\] (.*?)(?=^\[|\Z)", re.MULTILINE | re.DOTALL)
 """An ERROR or INTERNAL_ERROR message, up to the next message (it may span lines)."""
 
@@ -22,4 +24,4 @@ def last_error(log_path: str) -> str | None:
     except OSError:
         return None
     errors = _ERROR.findall(text)
-    return " ".join(errors[-1].split()) if errors else None
+    return one_line(errors[-1]) if errors else None

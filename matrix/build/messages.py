@@ -37,7 +37,13 @@ class BuildResult:
     size: int | None = None
     header_mask: int | None = None
     error: str | None = None
-    """One line for the summary; the whole builder log is in the request's log_path."""
+    """One line (`one_line`) for the summary; the whole builder log is in the request's
+    log_path."""
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace, newlines included, as one space."""
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True)

@@ -166,13 +166,15 @@ def engine_from_lock(lock_path: Path, cell_id: str) -> LockedEngine:
     engine file that is no longer the one the lock recorded.
     """
     from matrix.lockfile.io import read_lock
+    from matrix.manifest.suggest import did_you_mean
 
     lock = read_lock(lock_path)
     if lock is None:
         raise InputError([Problem(str(lock_path), "no such lockfile")])
     entry = lock.engines.get(cell_id)
     if entry is None:
-        raise InputError([Problem(str(lock_path), _unknown_cell(cell_id, list(lock.engines)))])
+        hint = did_you_mean(cell_id, lock.engines)
+        raise InputError([Problem(str(lock_path), f"no engine {cell_id!r} in the lock{hint}")])
     where = f"{lock_path}: {cell_id}"
     if not entry.weightless:
         raise InputError(f"{where}: not a weightless engine: {entry.path} holds its weights")
@@ -183,14 +185,6 @@ def engine_from_lock(lock_path: Path, cell_id: str) -> LockedEngine:
     ):
         raise InputError(f"{where}: {engine} is not the engine the lock recorded; rebuild it")
     return LockedEngine(engine, root / entry.model.path, entry.model.graph_digest)
-
-
-def _unknown_cell(cell_id: str, known: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(cell_id, known, n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return f"no engine {cell_id!r} in the lock{hint}"
 
 
 def check_graph_digest(onnx: Path, expected: str) -> None:

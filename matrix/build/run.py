@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matrix.errors import Interrupted, LockBusy
+from matrix.errors import Interrupted, OutputBusy
 from matrix.file_lock import Busy, file_lock
 from matrix.lockfile.stamps import state_dir
 
@@ -76,7 +76,7 @@ def output_lock(output: Path, wait: float) -> Iterator[None]:
             yield
     except Busy:
         pid = _read_owner(folder / "owner")
-        raise LockBusy(f"another rtx-matrix build is running on {output} (pid {pid})") from None
+        raise OutputBusy(f"another rtx-matrix build is running on {output} (pid {pid})") from None
 
 
 def _read_owner(owner: Path) -> str:
@@ -131,7 +131,7 @@ def build_stale(
 ) -> list[Outcome]:
     """Build the stale cells of `state` (the caller holds the output lock); every outcome,
     the up-to-date and skipped cells' included."""
-    from matrix.build.executor import Job, RunOptions, Status, build_jobs, make_request
+    from matrix.build.executor import CellTask, RunOptions, Status, build_tasks, make_request
     from matrix.build.progress import Batch, make_display
     from matrix.build.temp_files import remove_stale_temp_files
     from matrix.lockfile.book import LockBook, lock_header
@@ -148,13 +148,13 @@ def build_stale(
     entries = dict(lock.engines) if lock else {}
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
-    jobs = [Job(s, make_request(s), s.cell.needs_gpu) for s in state.to_build]
-    remove_stale_temp_files(job.request for job in jobs)
+    tasks = [CellTask(s, make_request(s), s.cell.needs_gpu) for s in state.to_build]
+    remove_stale_temp_files(task.request for task in tasks)
     expected = {
         s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
     }
     display = make_display(settings.quiet, settings.verbose)
-    display.start(Batch(tuple(j.request.cell_id for j in jobs), expected, settings.jobs))
+    display.start(Batch(tuple(t.request.cell_id for t in tasks), expected, settings.jobs))
     options = RunOptions(
         jobs=settings.jobs,
         keep_going=settings.keep_going,
@@ -164,7 +164,7 @@ def build_stale(
     )
     previous = _sigterm_as_interrupt()
     try:
-        built = build_jobs(plan, jobs, book, options, state.gpu, display.event, display.outcome)
+        built = build_tasks(plan, tasks, book, options, state.gpu, display.event, display.outcome)
     except KeyboardInterrupt:
         display.stop()
         state.stamps.save()

@@ -41,10 +41,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def is_buildable(cell: Cell) -> bool:
-    return cell.verdict in (Verdict.BUILD, Verdict.NEEDS_GPU)
-
-
 def pool_of(cell: Cell) -> str:
     """`gpu` for cells that need a GPU to build (weightless, `current`), else `cpu`."""
     return "gpu" if cell.needs_gpu or cell.verdict is Verdict.NEEDS_GPU else "cpu"
@@ -54,7 +50,7 @@ def cells_in_pool(cells: Sequence[Cell], pool: str | None) -> tuple[Cell, ...]:
     """The buildable cells of one pool (None: both pools together)."""
     if pool is not None and pool not in POOLS:
         raise UsageError(f"unknown pool {pool!r}: choose one of {', '.join(POOLS)}")
-    return tuple(c for c in cells if is_buildable(c) and (pool is None or pool_of(c) == pool))
+    return tuple(c for c in cells if c.buildable and (pool is None or pool_of(c) == pool))
 
 
 def expected_seconds(
@@ -85,7 +81,7 @@ def assign_shards(
     """
     if n < 1:
         raise UsageError(f"cannot split into {n} shards: N must be at least 1")
-    buildable = sorted((c for c in cells if is_buildable(c)), key=lambda c: c.id)
+    buildable = sorted((c for c in cells if c.buildable), key=lambda c: c.id)
     if strategy == "balanced":
         return _longest_first(buildable, n, previous, facts)
     if strategy == "hash":

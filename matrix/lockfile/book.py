@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 from matrix import __version__
 from matrix.atomic import write_atomic
-from matrix.lockfile.fingerprint import build_options, plan_stamp
+from matrix.lockfile.fingerprint import build_options, plan_identity
 from matrix.lockfile.freshness import relative_posix
 from matrix.lockfile.io import EntryCache, lock_to_json
 from matrix.lockfile.stamps import Stamps
 from matrix.lockfile.types import Lock, LockEntry, ModelRef
 
 if TYPE_CHECKING:
-    from matrix.build.executor import Job
+    from matrix.build.executor import CellTask
     from matrix.build.messages import BuildResult
     from matrix.facts.types import ModelFacts
     from matrix.gpu import Gpu
@@ -36,12 +36,12 @@ def lock_header(
     shard: str | None = None,
     known: Mapping[str, str] | None = None,
 ) -> Lock:
-    """A lock with no engines, stamped for `plan` (`known`: fingerprints already computed)."""
+    """A lock with no engines, for `plan` (`known`: fingerprints already computed)."""
     return Lock(
         tool=__version__,
         tensorrt_rtx=installed,
         manifest=relative_posix(plan.manifest.path, lock_path.parent.resolve()),
-        plan=plan_stamp(plan, installed, known),
+        plan=plan_identity(plan, installed, known),
         shard=shard,
     )
 
@@ -116,9 +116,9 @@ class LockBook:
 
 
 def lock_entry(
-    plan: Plan, job: Job, result: BuildResult, lock_dir: Path, gpu: Gpu | None
+    plan: Plan, task: CellTask, result: BuildResult, lock_dir: Path, gpu: Gpu | None
 ) -> LockEntry:
-    cell, state = job.state.cell, job.state
+    cell, state = task.state.cell, task.state
     facts: ModelFacts = plan.facts[cell.model.name]
     assert result.sha256 is not None and result.size is not None
     return LockEntry(
@@ -141,7 +141,7 @@ def lock_entry(
         build_seconds=round(result.seconds, 3),
         built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         header_mask=result.header_mask or 0,
-        gpu=gpu.name if gpu is not None and job.on_gpu else None,
+        gpu=gpu.name if gpu is not None and task.on_gpu else None,
     )
 
 

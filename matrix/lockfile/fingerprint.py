@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from matrix.facts.types import ModelFacts
-from matrix.lockfile.types import PlanStamp
+from matrix.lockfile.types import PlanIdentity
 from matrix.manifest.types import BuilderOptions
 from matrix.plan.types import Cell, Plan
 
@@ -61,13 +61,13 @@ def digest_of(value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def plan_stamp(
+def plan_identity(
     plan: Plan, tensorrt_rtx_version: str, known: Mapping[str, str] | None = None
-) -> PlanStamp:
-    """Identifies a plan across machines: shard locks must carry the same stamp to merge.
+) -> PlanIdentity:
+    """Identifies a plan across machines: shard locks must carry the same identity to merge.
 
     Covers the buildable cells (verdict build or needs-gpu) and uses the targets as asked
-    (`current` unresolved), so hosts with different GPUs, or none, agree on the stamp.
+    (`current` unresolved), so hosts with different GPUs, or none, agree on it.
     `known`: fingerprints already computed for cells whose targets need no resolving.
     """
     known = known or {}
@@ -75,7 +75,7 @@ def plan_stamp(
         (cell.id, known.get(cell.id) or planned_fingerprint(cell, plan, tensorrt_rtx_version))
         for cell in plan.buildable
     )
-    return PlanStamp(digest=digest_of(pairs), cells=tuple(cell_id for cell_id, _ in pairs))
+    return PlanIdentity(digest=digest_of(pairs), cells=tuple(cell_id for cell_id, _ in pairs))
 
 
 def planned_fingerprint(cell: Cell, plan: Plan, tensorrt_rtx_version: str) -> str:

@@ -88,7 +88,7 @@ class Freshness:
         return tuple(state for state in self.cells if state.stale)
 
     def planned_fingerprints(self) -> dict[str, str]:
-        """Fingerprints that equal the plan stamp's: cells whose targets needed no GPU."""
+        """Fingerprints that equal the plan identity's: cells whose targets needed no GPU."""
         return {
             state.cell.id: state.fingerprint
             for state in self.cells

@@ -16,7 +16,7 @@ from typing import Any
 
 from matrix.atomic import write_atomic
 from matrix.errors import InputError, Problem
-from matrix.lockfile.types import LOCK_VERSION, Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import LOCK_VERSION, Lock, LockEntry, ModelRef, PlanIdentity
 
 _COMPACT = (", ", ": ")
 _EXPANDED_DEPTH = 2
@@ -158,15 +158,13 @@ def lock_from_json(text: str, source: str = "<lock>", *, validate: bool = True) 
 
 
 def _check_schema(data: Any, source: str) -> None:
-    import jsonschema  # lazily: costs ~0.1 s, and a lock we wrote ourselves skips it
+    # Imported here: jsonschema costs ~0.1 s, and a lock we wrote ourselves skips it.
+    from matrix.manifest.schema_check import first_issue
 
-    from matrix.schemas import load_schema
-
-    validator = jsonschema.Draft202012Validator(load_schema("lockfile"))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        where = error.json_path
-        raise _bad(source, f"does not match the lockfile schema: {where}: {error.message}")
+    issue = first_issue(data, "lockfile")
+    if issue is not None:
+        where, message = issue
+        raise _bad(source, f"does not match the lockfile schema: {where}: {message}")
 
 
 def _bad(source: str, message: str) -> InputError:
@@ -182,7 +180,7 @@ def lock_from_dict(data: Mapping[str, Any]) -> Lock:
         tool=_str(data["tool"]),
         tensorrt_rtx=_str(data["tensorrt_rtx"]),
         manifest=_str(data["manifest"]),
-        plan=PlanStamp(digest=_str(plan["digest"]), cells=_strs(plan["cells"])),
+        plan=PlanIdentity(digest=_str(plan["digest"]), cells=_strs(plan["cells"])),
         engines=MappingProxyType(engines),
         shard=None if data.get("shard") is None else _str(data["shard"]),
         version=LOCK_VERSION,

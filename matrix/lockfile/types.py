@@ -48,8 +48,9 @@ class LockEntry:
 
 
 @dataclass(frozen=True)
-class PlanStamp:
-    """Identifies the plan a lock came from, so shard locks can be checked before merging."""
+class PlanIdentity:
+    """Identifies the plan a lock came from (its `plan` key), so shard locks can be checked
+    before merging."""
 
     digest: str
     """sha256 over the sorted (cell id, fingerprint) pairs of every buildable cell."""
@@ -64,7 +65,7 @@ class Lock:
     tensorrt_rtx: str
     manifest: str
     """Manifest path relative to the lockfile's folder."""
-    plan: PlanStamp
+    plan: PlanIdentity
     engines: Mapping[str, LockEntry] = field(default_factory=lambda: MappingProxyType({}))
     shard: str | None = None
     """`K/N` when written by `build --shard`."""

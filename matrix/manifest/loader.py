@@ -30,6 +30,7 @@ from matrix.manifest.types import (
     Profile,
     Target,
     ValueRange,
+    locate,
 )
 from matrix.manifest.valid_cache import known_valid, remember_valid
 from matrix.manifest.yaml_nodes import (
@@ -134,14 +135,8 @@ def _read_document(raw: bytes, file: str) -> Document:
 
 
 def _locate(locations: Mapping[str, Location], json_path: str) -> Location:
-    """Where `json_path` stands, or its nearest located ancestor."""
-    path = json_path
-    while path not in locations:
-        cut = max(path.rfind("."), path.rfind("["))
-        if cut <= 0:
-            return locations.get("$", (1, 1))
-        path = path[:cut]
-    return locations[path]
+    """Where `json_path` stands, or its nearest located ancestor; the file's start if none."""
+    return locate(locations, json_path) or (1, 1)
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -180,6 +175,15 @@ class _Interpreter:
     def problem(self, json_path: str, message: str) -> None:
         line, column = _locate(self.locations, json_path)
         self.problems.append(Problem(self.file, message, line, column, json_path))
+
+    def repeated(self, first: dict[str, int], key: str, index: int, path: str, what: str) -> bool:
+        """Whether `key` is already item `first[key]` of its list (a problem at `path`);
+        else it is remembered as item `index`."""
+        if key in first:
+            self.problem(path, f"duplicate {what}{key!r} (already item {first[key]})")
+            return True
+        first[key] = index
+        return False
 
     def manifest(self) -> Manifest:
         output, output_rel = self.output()
@@ -255,13 +259,8 @@ class _Interpreter:
         for index, item in _items(items):
             item_path = child_path(path, index)
             canonical = self.set_item(item, item_path)
-            if canonical is None:
+            if canonical is None or self.repeated(first, canonical, index, item_path, ""):
                 continue
-            if canonical in first:
-                message = f"duplicate {canonical!r} (already item {first[canonical]})"
-                self.problem(item_path, message)
-                continue
-            first[canonical] = index
             if canonical == CURRENT:
                 current = True
             else:
@@ -365,13 +364,8 @@ class _Interpreter:
         for index, item in _items(raw):
             item_path = child_path(path, index)
             target = self.resolve_target(item, item_path)
-            if target is None:
+            if target is None or self.repeated(first, target.name, index, item_path, "target "):
                 continue
-            if target.name in first:
-                message = f"duplicate target {target.name!r} (already item {first[target.name]})"
-                self.problem(item_path, message)
-                continue
-            first[target.name] = index
             targets.append(target)
         return tuple(targets)
 

@@ -1,9 +1,12 @@
-"""Validate plain data against a shipped JSON Schema and say what is wrong in plain words.
+"""Validate plain data against a shipped JSON Schema and say what is wrong: the one place
+that renders schema errors, for the manifest and the lockfile.
 
 jsonschema's own messages (`'x' is not of type 'array'`, `Additional properties are not
-allowed`) and its anyOf noise are for schema authors; users get one line per real problem.
-The schema may carry `errorMessage` / `patternErrorMessage` (extensions VS Code and
-yaml-language-server also show) for cases a generic phrase says badly.
+allowed`) and its anyOf noise are for schema authors; users get one line per real problem in
+a manifest (`schema_issues`). The schema may carry `errorMessage` / `patternErrorMessage`
+(extensions VS Code and yaml-language-server also show) for cases a generic phrase says badly.
+A lockfile is written by the tool, not by hand, so it gets only its most relevant violation,
+in jsonschema's words (`first_issue`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from jsonschema.exceptions import ValidationError, best_match
 
 from matrix.manifest.suggest import did_you_mean
 from matrix.manifest.yaml_nodes import child_path
@@ -92,6 +95,12 @@ def schema_issues(data: Any, name: str = "manifest") -> list[Issue]:
     for error in checker.iter_errors(data):
         found.extend(_translate(error, root))
     return _without_noise(found)
+
+
+def first_issue(data: Any, name: str) -> Issue | None:
+    """The violation jsonschema ranks most relevant, in its own words; None when valid."""
+    error = best_match(validator(name).iter_errors(data))
+    return None if error is None else (error.json_path, error.message)
 
 
 def _without_noise(found: list[_Found]) -> list[Issue]:

@@ -156,6 +156,18 @@ Location = tuple[int, int]
 """1-based (line, column) in the manifest."""
 
 
+def locate(locations: Mapping[str, Location], json_path: str) -> Location | None:
+    """Where `json_path` stands in the file, or its nearest located ancestor; None when not
+    even the document (`$`) is located."""
+    path = json_path
+    while path not in locations:
+        cut = max(path.rfind("."), path.rfind("["))
+        if cut <= 0:
+            return locations.get("$")
+        path = path[:cut]
+    return locations[path]
+
+
 @dataclass(frozen=True)
 class Manifest:
     path: Path
@@ -184,15 +196,7 @@ class Manifest:
 
     def locate(self, json_path: str) -> Location | None:
         """Where `json_path` stands in the file, or its nearest located ancestor."""
-        path = json_path
-        while path:
-            if path in self.locations:
-                return self.locations[path]
-            cut = max(path.rfind("."), path.rfind("["))
-            if cut <= 0:
-                break
-            path = path[:cut]
-        return self.locations.get("$")
+        return locate(self.locations, json_path)
 
 
 def default_lock_path(manifest_path: Path) -> Path:

@@ -16,6 +16,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from matrix.errors import Problem
+from matrix.manifest.types import Location
 
 Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -29,8 +30,6 @@ _SCALAR_TAGS = frozenset(
 _MERGE_TAG = _TAG + "merge"
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONSTRUCTOR = SafeConstructor()
-
-Location = tuple[int, int]
 
 
 def child_path(parent: str, key: str | int) -> str:

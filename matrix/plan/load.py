@@ -17,8 +17,10 @@ def resolve_manifest(given: str | None) -> Path:
 
 
 def load_plan(manifest_path: Path, current: CC | None = None) -> Plan:
-    """Load, inspect and plan. Raises InputError listing every problem; writes nothing
-    but the facts cache (a cache of what the ONNX files say, outside the project)."""
+    """Load, inspect and plan. Raises InputError listing every problem. Writes nothing in
+    the project, only to rtx-matrix's cache folder (`matrix.cache_dir`): the facts cache
+    (what the ONNX files say) and, for a manifest that passed the schema check, its
+    valid-manifest stamp (`matrix.manifest.valid_cache`)."""
     from matrix.facts.cache import FactsCache
     from matrix.facts.collect import gather_facts
     from matrix.manifest.loader import load_manifest

@@ -364,11 +364,6 @@ def runs_on_of(
     )
 
 
-def build_ccs(cell: Cell, current: CC | None = None) -> tuple[str, ...]:
-    """CC names to hand the builder: () for the library default."""
-    return tuple(cc.name for cc in explicit_ccs(cell.target, current))
-
-
 def expected_mask(cell: Cell) -> int | None:
     """The engine-header CC mask a CPU build of this cell must produce; None when unknown."""
     if cell.needs_gpu:
@@ -379,4 +374,5 @@ def expected_mask(cell: Cell) -> int | None:
 
 
 DEFAULT_MASK = mask_of(RULES_1_7.default_targets, newer=True)
-"""0x7e, measured: the default build's header names every default target whatever the dtypes."""
+"""0x7e: the default build's header names every default target whatever the dtypes
+(measured: docs/tensorrt-rtx.md)."""

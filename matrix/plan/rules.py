@@ -1,6 +1,6 @@
 """The rules table: what TensorRT-RTX accepts, as data, one table per library release.
 
-Every number here was measured with the real library (see DESIGN.md) and is re-checked by
+Every number here was measured with the real library (docs/tensorrt-rtx.md) and is re-checked by
 tests/plan/test_rules_vs_builder.py, which builds small models for each CC and compares.
 """
 

@@ -32,7 +32,7 @@ class Severity(str, Enum):
 @dataclass(frozen=True)
 class Reason:
     rule: str
-    """Stable id of the rule in `matrix.plan.rules`, e.g. `fp8-needs-sm89`."""
+    """Stable id of the rule in `matrix.plan.rules`, e.g. `dtype-needs-cc`."""
     message: str
     severity: Severity
 
@@ -49,6 +49,11 @@ class Cell:
     runs_on: tuple[str, ...]
     """CC names the engine will run on (`sm89`, ..., `newer`); `current` until resolved."""
     needs_gpu: bool
+
+    @property
+    def buildable(self) -> bool:
+        """An executor may build it: `build`, or `needs-gpu` where a GPU is present."""
+        return self.verdict in (Verdict.BUILD, Verdict.NEEDS_GPU)
 
     @property
     def errors(self) -> tuple[Reason, ...]:
@@ -81,5 +86,5 @@ class Plan:
 
     @property
     def buildable(self) -> tuple[Cell, ...]:
-        """Cells an executor may build: `build`, and `needs-gpu` where a GPU is present."""
-        return self.with_verdict(Verdict.BUILD, Verdict.NEEDS_GPU)
+        """Cells an executor may build (`Cell.buildable`)."""
+        return tuple(c for c in self.cells if c.buildable)

@@ -33,7 +33,11 @@ def cluster() -> Iterator[Any]:
 
     spec = {"cpu-0": worker(), "cpu-1": worker(), "gpu-0": worker(resources={"GPU": 1})}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
-    with SpecCluster(workers=spec, scheduler=scheduler, silence_logs=50) as running:
+    # distributed ships no annotations for SpecCluster.
+    cluster = SpecCluster(  # type: ignore[no-untyped-call]
+        workers=spec, scheduler=scheduler, silence_logs=50
+    )
+    with cluster as running:
         yield running
 
 
@@ -227,7 +231,7 @@ def test_dask_build_writes_the_same_lock_entries_as_a_local_build(
         pytest.skip("`build --executor dask` is not wired into the build command yet")
     from matrix.cli import main
     from matrix.lockfile.io import read_lock
-    from tests.lockfile.test_lockmerge import comparable, shard_project
+    from tests.lockfile.test_merge import comparable, shard_project
 
     local = shard_project(tmp_path / "local")
     assert main(["build", "-j2", "-q", str(local)]) == 0

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 
 from matrix.build import executor
-from matrix.build.executor import Job, Outcome, Run, RunOptions, Status
+from matrix.build.executor import CellTask, Outcome, Run, RunOptions, Status
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
-from matrix.lockfile.types import Lock, PlanStamp
+from matrix.lockfile.types import Lock, PlanIdentity
 from matrix.manifest.types import BuilderOptions
 
 
 def header() -> Lock:
-    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanStamp("e" * 64, ()))
+    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanIdentity("e" * 64, ()))
 
 
 def on_disk(path: Path) -> list[str]:
@@ -35,29 +35,41 @@ class FakePool:
         self.queue: list[BuildRequest] = []
         self.started: list[str] = []
 
+    def __enter__(self) -> FakePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.queue.clear()
+
     def submit(self, request: BuildRequest) -> None:
         self.queue.append(request)
 
-    def results(self, on_event: Callable[[ProgressEvent], None]) -> Iterator[BuildResult]:
+    def results(
+        self, on_event: Callable[[ProgressEvent], None] | None = None
+    ) -> Iterator[BuildResult]:
         while self.queue:
             request = self.queue.pop(0)
             self.started.append(request.cell_id)
-            on_event(ProgressEvent(request.cell_id, "start"))
+            if on_event is not None:
+                on_event(ProgressEvent(request.cell_id, "start"))
             ok = request.cell_id not in self.fail
             yield BuildResult(request.cell_id, ok, 0.1, error=None if ok else "boom")
 
 
-def fake_jobs(*ids: str) -> list[Job]:
+def fake_tasks(*ids: str) -> list[CellTask]:
     def request(cell_id: str) -> BuildRequest:
         return BuildRequest(cell_id, "m.onnx", (), False, False, BuilderOptions(), (), "", "")
 
-    return [Job(state=None, request=request(i), on_gpu=False) for i in ids]  # type: ignore[arg-type]
+    return [CellTask(state=None, request=request(i), on_gpu=False) for i in ids]  # type: ignore[arg-type]
 
 
 def drain(keep_going: bool, fail: set[str], jobs: int = 1) -> tuple[list[Any], FakePool]:
     run = Run(plan=None, book=None, options=RunOptions(jobs, keep_going), gpu=None)  # type: ignore[arg-type]
     pool = FakePool(jobs, fail)
-    executor._drain_pool(run, pool, fake_jobs("c1", "c2", "c3"))
+    executor._drain_pool(run, pool, fake_tasks("c1", "c2", "c3"))
     messages = []
     while not run.messages.empty():
         kind, payload = run.messages.get()
@@ -79,7 +91,7 @@ def test_orchestration_with_fake_builder_stops_starting_after_a_failure() -> Non
 def test_orchestration_with_fake_builder_keeps_going(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded: list[str] = []
 
-    def record(run: Run, job: Job, result: BuildResult) -> Outcome:
+    def record(run: Run, task: CellTask, result: BuildResult) -> Outcome:
         recorded.append(result.cell_id)
         status = Status.BUILT if result.ok else Status.FAILED
         return Outcome(result.cell_id, status, result.seconds, result.error or "")
@@ -94,9 +106,9 @@ def test_an_engine_gone_before_it_is_recorded_fails_its_cell(tmp_path: Path) -> 
     book = LockBook(tmp_path / "m.lock", header(), {}, Stamps.load(tmp_path), None)
     run = Run(plan=None, book=book, options=RunOptions(), gpu=None)  # type: ignore[arg-type]
     state = type("State", (), {"engine": tmp_path / "gone.engine"})()
-    job = Job(state=state, request=fake_jobs("c1")[0].request, on_gpu=False)  # type: ignore[arg-type]
+    task = CellTask(state=state, request=fake_tasks("c1")[0].request, on_gpu=False)  # type: ignore[arg-type]
     result = BuildResult("c1", True, 0.5, sha256="0" * 64, size=1, header_mask=1)
-    outcome = executor._record(run, job, result)
+    outcome = executor._record(run, task, result)
     assert outcome.status is Status.FAILED
     assert outcome.detail.startswith("engine lost: [Errno 2] No such file or directory")
     assert not (tmp_path / "m.lock").exists()

@@ -14,7 +14,7 @@ from matrix.ci.sharding import (
 )
 from matrix.errors import UsageError
 from matrix.facts.types import ModelFacts
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 from matrix.manifest.types import Model, Target
 from matrix.plan.capabilities import SM86
 from matrix.plan.types import Cell, Verdict
@@ -51,7 +51,7 @@ def make_lock(seconds: dict[str, float]) -> Lock:
         for cell_id, s in seconds.items()
     }
     return Lock(tool="0.1.0", tensorrt_rtx="1.7.1.116", manifest="m.yaml",
-                plan=PlanStamp(digest="p", cells=tuple(sorted(seconds))),
+                plan=PlanIdentity(digest="p", cells=tuple(sorted(seconds))),
                 engines=MappingProxyType(engines))
 
 

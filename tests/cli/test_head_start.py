@@ -12,7 +12,7 @@ import pytest
 from matrix.build import worker as build_child
 from matrix.cli import head_start, main
 from matrix.manifest.types import default_lock_path
-from matrix.plan import load as pipeline
+from matrix.plan import load
 from tests import modelgen
 
 
@@ -118,4 +118,4 @@ def test_what_looks_like_a_build(project: Path, argv: list[str], lock_age: int |
 @pytest.mark.parametrize("name", ["rtx-matrix.yaml", "dir/m.yml", "a.b.yaml", "m"])
 def test_the_default_lock_is_the_manifests_rule(name: str) -> None:
     assert head_start.default_lock(name) == str(default_lock_path(Path(name)))
-    assert head_start.DEFAULT_MANIFEST == pipeline.DEFAULT_MANIFEST
+    assert head_start.DEFAULT_MANIFEST == load.DEFAULT_MANIFEST

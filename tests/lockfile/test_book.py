@@ -11,12 +11,12 @@ import pytest
 from matrix.lockfile import book as book_module
 from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
-from matrix.lockfile.types import Lock, PlanStamp
+from matrix.lockfile.types import Lock, PlanIdentity
 from tests.lockfile.test_lockfile import entry
 
 
 def header() -> Lock:
-    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanStamp("e" * 64, ()))
+    return Lock("0.1.0", "1.7.1.116", "m.yaml", PlanIdentity("e" * 64, ()))
 
 
 def on_disk(path: Path) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.lockfile.fingerprint import fingerprint, plan_stamp, planned_fingerprint
+from matrix.lockfile.fingerprint import fingerprint, plan_identity, planned_fingerprint
 from matrix.manifest.types import BuilderOptions, InputShape, Profile, ValueRange
 from matrix.plan.load import load_plan
 from matrix.plan.types import Cell, Plan, Verdict
@@ -54,12 +54,12 @@ def test_weightless_ignores_weights_but_not_graph() -> None:
     )
 
 
-def test_plan_stamp_covers_buildable_cells_only() -> None:
+def test_plan_identity_covers_buildable_cells_only() -> None:
     good, other = cell(), replace(cell(), id="m@x", verdict=Verdict.REJECTED)
     plan = Plan(manifest(good.model), (good, other), {"m": FACTS}, "1.7.1.116")
-    stamp = plan_stamp(plan, "1.7.1.116")
-    assert stamp.cells == ("m@sm86",)
-    assert stamp.digest != plan_stamp(plan, "1.7.2.1").digest
+    identity = plan_identity(plan, "1.7.1.116")
+    assert identity.cells == ("m@sm86",)
+    assert identity.digest != plan_identity(plan, "1.7.2.1").digest
 
 
 def test_shape_input_values_change_it() -> None:

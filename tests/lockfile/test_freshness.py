@@ -11,11 +11,12 @@ import pytest
 
 from matrix.atomic import sha256_file
 from matrix.errors import InputError
+from matrix.facts.types import ModelFacts
 from matrix.gpu import Gpu
 from matrix.lockfile import freshness as F
 from matrix.lockfile.fingerprint import build_options, fingerprint
 from matrix.lockfile.stamps import Stamps
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 from matrix.manifest.types import BuilderOptions
 from matrix.plan.capabilities import SM86, SM89
 from matrix.plan.types import Cell, Plan, Verdict
@@ -34,9 +35,9 @@ def make_cell(tgt: str = "sm86", weightless: bool = False) -> Cell:
     return Cell(ident, m, t, weightless, verdict, (), ("sm86",), needs_gpu)
 
 
-def make_plan(root: Path, *cells: Cell, facts_: object = FACTS) -> Plan:
+def make_plan(root: Path, *cells: Cell, facts_: ModelFacts = FACTS) -> Plan:
     man = replace(manifest(cells[0].model), path=root / "m.yaml", output=root / "engines")
-    return Plan(man, cells, {"m": facts_}, VERSION)  # type: ignore[dict-item]
+    return Plan(man, cells, {"m": facts_}, VERSION)
 
 
 def locked(
@@ -69,11 +70,18 @@ def locked(
     )
 
 
-def lock_of(version: str = VERSION, **entries: LockEntry) -> Lock:
-    return Lock("0.1.0", version, "m.yaml", PlanStamp("e" * 64, ()), MappingProxyType(entries))
+def lock_of(entries: dict[str, LockEntry]) -> Lock:
+    return Lock("0.1.0", VERSION, "m.yaml", PlanIdentity("e" * 64, ()), MappingProxyType(entries))
 
 
-def states(plan: Plan, lock: Lock | None, **kw: object) -> dict[str, F.CellState]:
+def states(
+    plan: Plan,
+    lock: Lock | None,
+    installed: str = VERSION,
+    gpu: Gpu | None = None,
+    verify: bool = False,
+    force: bool = False,
+) -> dict[str, F.CellState]:
     stamps = Stamps.load(plan.manifest.output)
     result = F.check(
         plan,
@@ -81,9 +89,11 @@ def states(plan: Plan, lock: Lock | None, **kw: object) -> dict[str, F.CellState
         lock,
         plan.manifest.lock_path,
         stamps,
-        installed=kw.pop("installed", VERSION),
-        **kw,
-    )  # type: ignore[arg-type]
+        installed=installed,
+        gpu=gpu,
+        verify=verify,
+        force=force,
+    )
     return {s.cell.id: s for s in result.cells}
 
 
@@ -91,14 +101,14 @@ def test_new_cell_then_up_to_date(tmp_path: Path) -> None:
     cell = make_cell()
     plan = make_plan(tmp_path, cell)
     assert states(plan, None)["m@sm86"].reasons == (F.NEW_CELL,)
-    lock = lock_of(**{"m@sm86": locked(plan, cell)})
+    lock = lock_of({"m@sm86": locked(plan, cell)})
     assert states(plan, lock)["m@sm86"].reasons == ()
 
 
 def test_input_changes_are_named(tmp_path: Path) -> None:
     cell = make_cell()
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{"m@sm86": locked(plan, cell)})
+    lock = lock_of({"m@sm86": locked(plan, cell)})
     other_model = make_plan(tmp_path, cell, facts_=replace(FACTS, digest="sha256:" + "9" * 64))
     assert states(other_model, lock)["m@sm86"].reasons == (F.MODEL_CHANGED,)
     assert states(plan, lock, installed="1.8.0.1")["m@sm86"].reasons == (
@@ -112,14 +122,14 @@ def test_input_changes_are_named(tmp_path: Path) -> None:
 def test_targets_changed(tmp_path: Path) -> None:
     cell = make_cell()
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{"m@sm86": locked(plan, cell, resolved=("sm80",))})
+    lock = lock_of({"m@sm86": locked(plan, cell, resolved=("sm80",))})
     assert states(plan, lock)["m@sm86"].reasons == (f"{F.TARGETS_CHANGED} (sm80 -> sm86)",)
 
 
 def test_engine_missing_and_modified(tmp_path: Path) -> None:
     cell = make_cell()
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{"m@sm86": locked(plan, cell)})
+    lock = lock_of({"m@sm86": locked(plan, cell)})
     engine = F.engine_path(plan.manifest, cell)
     stat = engine.stat()
     engine.write_bytes(b"engine:m@sm8X")  # same size
@@ -132,7 +142,7 @@ def test_engine_missing_and_modified(tmp_path: Path) -> None:
 def test_stamp_trusted_unless_verify(tmp_path: Path) -> None:
     cell = make_cell()
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{"m@sm86": locked(plan, cell)})
+    lock = lock_of({"m@sm86": locked(plan, cell)})
     stamps = Stamps.load(plan.manifest.output)
     F.check(plan, plan.buildable, lock, plan.manifest.lock_path, stamps, installed=VERSION)
     stamps.save()  # the first check hashed the engine and stamped it
@@ -147,7 +157,7 @@ def test_stamp_trusted_unless_verify(tmp_path: Path) -> None:
 def test_weights_only_change_keeps_weightless_cell_fresh(tmp_path: Path) -> None:
     cell = make_cell("sm86", weightless=True)
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{cell.id: locked(plan, cell)})
+    lock = lock_of({cell.id: locked(plan, cell)})
     new_weights = replace(FACTS, digest="sha256:" + "8" * 64, weights_digest="sha256:" + "7" * 64)
     state = states(make_plan(tmp_path, cell, facts_=new_weights), lock)[cell.id]
     assert state.reasons == ()
@@ -161,7 +171,7 @@ def test_weights_only_change_keeps_weightless_cell_fresh(tmp_path: Path) -> None
 def test_current_cell_on_another_gpu(tmp_path: Path) -> None:
     cell = make_cell("current")
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{cell.id: locked(plan, cell, resolved=("sm86",), gpu="RTX 3080")})
+    lock = lock_of({cell.id: locked(plan, cell, resolved=("sm86",), gpu="RTX 3080")})
     gpu86 = Gpu(0, "RTX 3080", SM86, 1)
     assert states(plan, lock, gpu=gpu86)[cell.id].reasons == ()
     assert states(plan, lock, gpu=replace(gpu86, name="RTX A4000"))[cell.id].reasons == (
@@ -178,7 +188,7 @@ def test_current_cell_on_another_gpu(tmp_path: Path) -> None:
 def test_removed_cells_and_escaping_ids(tmp_path: Path) -> None:
     cell = make_cell()
     plan = make_plan(tmp_path, cell)
-    lock = lock_of(**{"m@sm86": locked(plan, cell), "gone@sm80": locked(plan, cell)})
+    lock = lock_of({"m@sm86": locked(plan, cell), "gone@sm80": locked(plan, cell)})
     result = F.check(
         plan,
         plan.buildable,

@@ -10,7 +10,7 @@ import pytest
 
 from matrix.errors import InputError
 from matrix.lockfile.io import lock_from_json, lock_to_json, read_lock, write_lock
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 
 SHA = "a" * 64
 
@@ -38,7 +38,7 @@ def lock(**engines: LockEntry) -> Lock:
         tool="0.1.0",
         tensorrt_rtx="1.7.1.116",
         manifest="rtx-matrix.yaml",
-        plan=PlanStamp("e" * 64, tuple(sorted(engines))),
+        plan=PlanIdentity("e" * 64, tuple(sorted(engines))),
         engines=MappingProxyType(engines),
     )
 

@@ -6,17 +6,19 @@ from dataclasses import replace
 
 import pytest
 
-from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8
-from matrix.manifest.types import Exclusion, InputShape, Profile, ValueRange
+from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8, ModelFacts
+from matrix.manifest.types import Exclusion, InputShape, Profile, Target, ValueRange
 from matrix.plan import rules as R
 from matrix.plan.capabilities import SM89
-from matrix.plan.planner import build_ccs, expected_mask, make_plan
+from matrix.plan.planner import expected_mask, make_plan
 from matrix.plan.types import Cell, Verdict
 from tests.factories import facts, manifest, model, profile, target
 
 
-def one_cell(t, f, weightless=False, **kw) -> Cell:
-    m = model(targets=(t,), weightless=(weightless,), **kw)
+def one_cell(
+    t: Target, f: ModelFacts, weightless: bool = False, profiles: tuple[Profile, ...] = ()
+) -> Cell:
+    m = model(targets=(t,), weightless=(weightless,), profiles=profiles)
     plan = make_plan(manifest(m), {"m": f})
     (cell,) = plan.cells
     return cell
@@ -75,7 +77,6 @@ def test_default_runs_on_narrows_with_dtype(
     cell = one_cell(target("default"), facts(*dtypes))
     assert cell.verdict is Verdict.BUILD
     assert cell.runs_on == runs_on
-    assert build_ccs(cell) == ()
 
 
 def test_default_never_includes_turing() -> None:
@@ -85,7 +86,6 @@ def test_default_never_includes_turing() -> None:
 def test_explicit_ccs_run_on_exactly_those() -> None:
     cell = one_cell(target("set", "sm86", "8.9", "SM120"), facts(FP16))
     assert cell.runs_on == ("sm86", "sm89", "sm120")
-    assert build_ccs(cell) == ("sm86", "sm89", "sm120")
     assert expected_mask(cell) == 0b11100  # bits: sm86=2, sm89=3, sm120=4
 
 
@@ -119,7 +119,6 @@ def test_current_needs_gpu_and_is_judged_once_resolved() -> None:
     m = model(targets=(target("current"),))
     resolved = make_plan(manifest(m), {"m": facts(FP8)}, current=SM89).cells[0]
     assert resolved.runs_on == ("sm89",)
-    assert build_ccs(resolved, SM89) == ("sm89",)
     assert expected_mask(resolved) is None
     from matrix.plan.capabilities import SM86
 

@@ -165,6 +165,7 @@ def test_shape_input_builds_with_values_and_fails_without(
         assert Path(build_request(tmp_path, onnx).engine_path).stat().st_size > 1000
         assert cell.verdict is Verdict.BUILD
         return
+    assert library_says is not None
     assert not result.ok and library_says in (result.error or ""), result.error
     assert cell.verdict is Verdict.REJECTED
     assert [(r.rule, r.severity) for r in cell.errors] == [(rule, Severity.ERROR)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from matrix.plan.types import Verdict
 from tests import modelgen
 from tests.factories import manifest, model, target
 
-trt = pytest.importorskip("tensorrt_rtx")
+trt: Any = pytest.importorskip("tensorrt_rtx")
 
 MODELS: dict[str, Callable[[Path], Path]] = {
     "fp32-matmul": modelgen.mlp_fp32,

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from matrix.atomic import write_atomic
 from matrix.build import worker as build_child
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.build.messages import one_line as _one_line
 from matrix.build.pools import EventCallback, ignore
 from matrix.errors import UsageError
 
@@ -318,11 +319,6 @@ def _write_back(request: BuildRequest, outcome: CellOutcome) -> BuildResult:
     except OSError as error:
         return replace(result, ok=False, error=_one_line(f"cannot write the engine: {error}"))
     return result
-
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- on a Dask worker ---------------------------------------------------------------------

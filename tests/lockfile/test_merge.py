@@ -9,7 +9,7 @@ import pytest
 
 from matrix.cli import main
 from matrix.lockfile.io import read_lock, write_lock
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanStamp
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 
 PLAN_CELLS = ("a@sm86", "b@sm86", "c@default", "d@sm89")
 
@@ -45,7 +45,7 @@ def shard_lock(*entries: LockEntry | tuple[str, LockEntry], shard: str | None = 
         cell, value = item if isinstance(item, tuple) else (item.path[8:-7], item)
         engines[cell] = value
     return Lock(tool="0.1.0", tensorrt_rtx=trt, manifest="rtx-matrix.yaml",
-                plan=PlanStamp(digest=digest(plan), cells=PLAN_CELLS),
+                plan=PlanIdentity(digest=digest(plan), cells=PLAN_CELLS),
                 engines=MappingProxyType(engines), shard=shard)
 
 
