@@ -347,8 +347,11 @@ class _Interpreter:
         onnx_rel = entry.get("onnx")
         onnx_rel = onnx_rel if isinstance(onnx_rel, str) else ""
         name = entry.get("name")
+        name = name if isinstance(name, str) else ""
+        family = entry.get("family")
         return Model(
-            name=name if isinstance(name, str) else "",
+            name=name,
+            family=family if isinstance(family, str) else name,
             onnx=(self.path.parent / onnx_rel).resolve(),
             onnx_rel=onnx_rel,
             targets=self.model_targets(entry.get("targets"), f"{path}.targets"),

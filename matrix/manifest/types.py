@@ -134,6 +134,10 @@ class Model:
     builder: BuilderOptions = BuilderOptions()
     index: int = 0
     """Position in `models:`, so later stages can point at `$.models[i]`."""
+    family: str = ""
+    """Models of one family are variants of one network; manifest order is the order of
+    preference (`matrix.runtime.select`). The loader sets it (default: the name); it decides
+    no engine bytes, so no fingerprint includes it."""
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,9 @@ def test_demo_fingerprints_do_not_move(
     assert {c.id: planned_fingerprint(c, plan, "1.7.1.116") for c in plan.buildable} == (
         DEMO_FINGERPRINTS
     )
+
+
+def test_the_family_decides_no_engine_bytes() -> None:
+    assert fingerprint(cell(family="other"), FACTS, "1.7.1.116", ("sm86",)) == fingerprint(
+        cell(), FACTS, "1.7.1.116", ("sm86",)
+    )

@@ -271,6 +271,27 @@ def test_defaults_index_and_weightless_dedup(tmp_path: Path) -> None:
     assert manifest.output_rel == "engines"
 
 
+def test_family_defaults_to_the_model_name_and_keeps_manifest_order(tmp_path: Path) -> None:
+    manifest = load_text(
+        tmp_path,
+        "version: 1\nmodels:\n"
+        "  - {name: det-fp8, family: det, onnx: a.onnx, targets: [default]}\n"
+        "  - {name: det-fp16, family: det, onnx: b.onnx, targets: [default]}\n"
+        "  - {name: cls, onnx: c.onnx, targets: [default]}\n",
+    )
+    assert [(m.name, m.family) for m in manifest.models] == [
+        ("det-fp8", "det"), ("det-fp16", "det"), ("cls", "cls"),
+    ]
+
+
+def test_a_bad_family_name_is_reported_where_it_stands(tmp_path: Path) -> None:
+    text = MINIMAL.replace("{name: m,", "{name: m, family: 'a b',")
+    assert problems_of(tmp_path, text) == [
+        "m.yaml:3:15: $.models[0].family: 'a b' is not a valid name: use letters, digits, '.', "
+        "'_' and '-', starting with a letter or a digit"
+    ]
+
+
 def test_missing_onnx_file_is_not_the_loaders_business(tmp_path: Path) -> None:
     manifest = load_text(tmp_path, MINIMAL)
     assert not manifest.models[0].onnx.exists()
