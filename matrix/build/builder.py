@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,11 +24,15 @@ from matrix.build import library_log
 from matrix.build.engine_header import describe_mask, read_header, version_tuple
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent, one_line
 from matrix.build.temp_files import temp_path
+from matrix.lockfile.types import TensorSpec
 from matrix.manifest.types import BuilderOptions, Profile, ValueRange
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
 _CHUNK = 1 << 20
+_DTYPES = {"FLOAT": "fp32", "HALF": "fp16", "BF16": "bf16", "FP8": "fp8", "FP4": "fp4",
+           "INT4": "int4", "INT8": "int8"}
+"""tensorrt_rtx.DataType names -> the canonical names of `matrix.facts.types`."""
 _TILING = {
     "none": "NONE",
     "fast": "FAST",
@@ -48,7 +53,7 @@ def build(request: BuildRequest, on_progress: ProgressCallback | None = None) ->
     try:
         with _BuildLog(request.log_path) as log:
             try:
-                sha256, size, mask = _build_engine(request, log, emit)
+                built = _build_engine(request, log, emit)
             except BuildError as error:
                 log.note(f"FAILED: {error}")
                 return _failed(request, started, str(error))
@@ -60,7 +65,19 @@ def build(request: BuildRequest, on_progress: ProgressCallback | None = None) ->
     finally:
         emit(ProgressEvent(cell_id=request.cell_id, kind="end", pid=os.getpid()))
     return BuildResult(cell_id=request.cell_id, ok=True, seconds=time.monotonic() - started,
-                       sha256=sha256, size=size, header_mask=mask)
+                       sha256=built.sha256, size=built.size, header_mask=built.mask,
+                       io=built.io, weights_bytes=built.weights_bytes,
+                       stripped_weights_bytes=built.stripped_weights_bytes)
+
+
+@dataclass(frozen=True)
+class _Built:
+    sha256: str
+    size: int
+    mask: int
+    io: tuple[TensorSpec, ...]
+    weights_bytes: int | None
+    stripped_weights_bytes: int | None
 
 
 def library_version() -> str:
@@ -72,8 +89,7 @@ def _failed(request: BuildRequest, started: float, error: str) -> BuildResult:
                        error=error)
 
 
-def _build_engine(request: BuildRequest, log: _BuildLog,
-                  emit: ProgressCallback) -> tuple[str, int, int]:
+def _build_engine(request: BuildRequest, log: _BuildLog, emit: ProgressCallback) -> _Built:
     builder = trt.Builder(_LIBRARY_LOG)
     network = builder.create_network(0)
     # The parser reads external data relative to the model's folder, so it gets the path.
@@ -87,10 +103,48 @@ def _build_engine(request: BuildRequest, log: _BuildLog,
     _set_options(config, request.options, log)
     monitor = _Progress(request.cell_id, emit)
     config.progress_monitor = monitor
+    io = _network_io(network)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise BuildError(log.last_error or "the builder returned no engine and logged no error")
-    return _write_engine(request, memoryview(blob))
+    engine = memoryview(blob)
+    sha256, size, mask = _write_engine(request, engine)
+    stripped = _stripped_weights(engine, log) if request.weightless else None
+    return _Built(sha256, size, mask, io, log.weights_bytes, stripped)
+
+
+def _network_io(network: Any) -> tuple[TensorSpec, ...]:
+    """The I/O tensors as the parsed network declares them: on a CPU-only host the built
+    engine cannot be deserialized to ask it (docs/tensorrt-rtx.md, "Engine facts")."""
+    tensors = [("input", network.get_input(i)) for i in range(network.num_inputs)]
+    tensors += [("output", network.get_output(i)) for i in range(network.num_outputs)]
+    return tuple(
+        TensorSpec(tensor.name, mode, _dtype_name(tensor.dtype), tuple(map(int, tensor.shape)))
+        for mode, tensor in tensors
+    )
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(getattr(dtype, "name", dtype))
+    return _DTYPES.get(name, name.lower())
+
+
+def _stripped_weights(engine: memoryview, log: _BuildLog) -> int | None:
+    """Bytes of the weights a weightless engine left out, as its engine statistics say.
+
+    Weightless builds run on a GPU, but the engine loads only where it runs (one CC): on
+    another GPU the size stays unknown, which the log says. Never fails the cell.
+    """
+    try:
+        runtime = trt.Runtime(_LIBRARY_LOG)
+        loaded = runtime.deserialize_cuda_engine(engine)
+        if loaded is None:
+            log.note("the engine does not load on this GPU: stripped weight size not recorded")
+            return None
+        return int(loaded.get_engine_stat(trt.EngineStat.STRIPPED_WEIGHTS_SIZE))
+    except Exception as error:  # a statistic is not worth a failed cell
+        log.note(f"stripped weight size not recorded: {type(error).__name__}: {error}")
+        return None
 
 
 def _parser_error(parser: Any, log: _BuildLog) -> str:
@@ -298,6 +352,10 @@ class _BuildLog:
     def last_error(self) -> str | None:
         """The last error the library logged in this build, as one line."""
         return library_log.last_error(str(self.path))
+
+    @property
+    def weights_bytes(self) -> int | None:
+        return library_log.weights_bytes(str(self.path))
 
     def note(self, line: str) -> None:
         # Never raise into the build: a full disk loses log lines, not the cell.

@@ -14,6 +14,10 @@ from matrix.build.messages import one_line
 
 _ERROR = re.compile(r"^\[[^]\n]*\] \[TRT\] \[[EF]\] (.*?)(?=^\[|\Z)", re.MULTILINE | re.DOTALL)
 """An ERROR or INTERNAL_ERROR message, up to the next message (it may span lines)."""
+_WEIGHTS = re.compile(
+    r"^\[[^]\n]*\] \[TRT\] \[I\] Total Weights Memory: (\d+) bytes$", re.MULTILINE
+)
+"""The builder's INFO report of the engine's weight bytes, logged once per build (1.7.1)."""
 
 
 def last_error(log_path: str) -> str | None:
@@ -25,3 +29,19 @@ def last_error(log_path: str) -> str | None:
         return None
     errors = _ERROR.findall(text)
     return one_line(errors[-1]) if errors else None
+
+
+def weights_bytes(log_path: str) -> int | None:
+    """The weight bytes the library reported for the engine it built; None when it did not.
+
+    On a CPU-only host this log line is the one place the library states an engine's weight
+    size: the engine statistics (`ICudaEngine.get_engine_stat`) need the engine deserialized,
+    which needs a CUDA device (docs/tensorrt-rtx.md).
+    """
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            found = _WEIGHTS.findall(log.read())
+    except OSError:
+        return None
+    return int(found[-1]) if found else None
+

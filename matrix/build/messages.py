@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from matrix.lockfile.types import TensorSpec
 from matrix.manifest.types import BuilderOptions, Profile
 
 
@@ -39,6 +40,9 @@ class BuildResult:
     error: str | None = None
     """One line (`one_line`) for the summary; the whole builder log is in the request's
     log_path."""
+    io: tuple[TensorSpec, ...] = ()
+    weights_bytes: int | None = None
+    stripped_weights_bytes: int | None = None
 
 
 def one_line(text: str) -> str:

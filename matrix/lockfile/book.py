@@ -142,6 +142,9 @@ def lock_entry(
         built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         header_mask=result.header_mask or 0,
         gpu=gpu.name if gpu is not None and task.on_gpu else None,
+        io=result.io,
+        weights_bytes=result.weights_bytes,
+        stripped_weights_bytes=result.stripped_weights_bytes,
     )
 
 

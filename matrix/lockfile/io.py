@@ -16,7 +16,14 @@ from typing import Any
 
 from matrix.atomic import write_atomic
 from matrix.errors import InputError, Problem
-from matrix.lockfile.types import LOCK_VERSION, Lock, LockEntry, ModelRef, PlanIdentity
+from matrix.lockfile.types import (
+    LOCK_VERSION,
+    Lock,
+    LockEntry,
+    ModelRef,
+    PlanIdentity,
+    TensorSpec,
+)
 
 _COMPACT = (", ", ": ")
 _EXPANDED_DEPTH = 2
@@ -112,7 +119,28 @@ def entry_to_dict(entry: LockEntry) -> dict[str, Any]:
         "built_at": entry.built_at,
         "header_mask": entry.header_mask,
         "gpu": entry.gpu,
+        "io": [tensor_to_dict(tensor) for tensor in entry.io],
+        "weights_bytes": entry.weights_bytes,
+        "stripped_weights_bytes": entry.stripped_weights_bytes,
     }
+
+
+def tensor_to_dict(tensor: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": tensor.name,
+        "mode": tensor.mode,
+        "dtype": tensor.dtype,
+        "shape": list(tensor.shape),
+    }
+
+
+def tensor_from_dict(data: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(
+        name=_str(data["name"]),
+        mode=_str(data["mode"]),
+        dtype=_str(data["dtype"]),
+        shape=tuple(_int(d) for d in data["shape"]),
+    )
 
 
 def plain_json(value: Any) -> Any:
@@ -213,6 +241,9 @@ def entry_from_dict(data: Mapping[str, Any]) -> LockEntry:
         built_at=_str(data["built_at"]),
         header_mask=_int(data["header_mask"]),
         gpu=None if data.get("gpu") is None else _str(data["gpu"]),
+        io=tuple(tensor_from_dict(tensor) for tensor in data.get("io") or ()),
+        weights_bytes=_optional_int(data.get("weights_bytes")),
+        stripped_weights_bytes=_optional_int(data.get("stripped_weights_bytes")),
     )
 
 
@@ -232,6 +263,10 @@ def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
 
 
 def _bool(value: Any) -> bool:

@@ -24,6 +24,20 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One I/O tensor of an engine, as the built network declares it."""
+
+    name: str
+    mode: str
+    """`input` or `output`."""
+    dtype: str
+    """Canonical names as in `matrix.facts.types` (fp32, fp16, ...); other types lower-case
+    as the library names them (int32, int64, bool, uint8)."""
+    shape: tuple[int, ...]
+    """-1 for a dimension an optimization profile decides."""
+
+
+@dataclass(frozen=True)
 class LockEntry:
     path: str
     """Engine path relative to the lockfile's folder, POSIX separators."""
@@ -45,6 +59,15 @@ class LockEntry:
     header_mask: int
     gpu: str | None = None
     """Name of the GPU a GPU build ran on."""
+    io: tuple[TensorSpec, ...] = ()
+    """Engine facts, as the library reports them while building on any host (see
+    docs/tensorrt-rtx.md): the network's I/O tensors; () in locks written before they were
+    recorded."""
+    weights_bytes: int | None = None
+    """The builder's "Total Weights Memory" report (the weights the engine holds when full)."""
+    stripped_weights_bytes: int | None = None
+    """Weightless engines: the bytes of weights refit puts back (`EngineStat.
+    STRIPPED_WEIGHTS_SIZE`, readable only where the engine deserializes: a GPU it runs on)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from matrix.build import builder
 from matrix.build.builder import BuildError, build, library_version
 from matrix.build.engine_header import read_header, version_tuple
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.lockfile.types import TensorSpec
 from matrix.manifest.types import BuilderOptions, InputShape, Profile
 from tests import modelgen
 from tests.factories import build_request as request
@@ -57,6 +58,38 @@ def test_default_build_writes_a_checked_engine(tmp_path: Path, models: dict[str,
     assert read_header(data).version == version_tuple(library_version())
     assert result.seconds > 0 and result.error is None
     assert leftovers(req) == []
+
+
+def initializer_bytes(model: Path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(model)).graph.initializer)
+
+
+def test_engine_facts_come_from_the_network_and_the_builders_report(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    result = build(request(tmp_path, models["mlp"]))
+    assert result.ok, result.error
+    assert result.io == (
+        TensorSpec("x", "input", "fp32", (1, 16)),
+        TensorSpec("y", "output", "fp32", (1, 8)),
+    )
+    # The builder reports every float32 weight of this MLP: nothing folded, nothing cast.
+    assert result.weights_bytes == initializer_bytes(models["mlp"]) == 1600
+    assert result.stripped_weights_bytes is None  # only weightless engines have any
+
+
+def test_engine_facts_show_profile_decided_dims_and_half_precision(tmp_path: Path) -> None:
+    fp16 = modelgen.conv_fp16(tmp_path / "conv16.onnx")
+    result = build(request(tmp_path, fp16, name="fp16"))
+    assert result.ok, result.error
+    assert [(t.mode, t.dtype) for t in result.io] == [("input", "fp16"), ("output", "fp16")]
+    dynamic = modelgen.dynamic_batch_mlp(tmp_path / "dynamic.onnx")
+    result = build(request(tmp_path, dynamic, name="dyn", profiles=(BATCH_PROFILE,)))
+    assert result.ok, result.error
+    assert [t.shape for t in result.io] == [(-1, 16), (-1, 8)]
 
 
 @pytest.mark.parametrize(("ccs", "mask"), [(("sm86",), 0x04), (("sm80", "sm89", "sm121"), 0x2A)])

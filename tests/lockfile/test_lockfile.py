@@ -10,7 +10,7 @@ import pytest
 
 from matrix.errors import InputError
 from matrix.lockfile.io import lock_from_json, lock_to_json, read_lock, write_lock
-from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
+from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity, TensorSpec
 
 SHA = "a" * 64
 
@@ -30,6 +30,8 @@ def entry(name: str = "m", sha: str = SHA, seconds: float = 0.5) -> LockEntry:
         build_seconds=seconds,
         built_at="2025-01-01T00:00:00Z",
         header_mask=4,
+        io=(TensorSpec("x", "input", "fp32", (-1, 16)), TensorSpec("y", "output", "fp16", (-1,))),
+        weights_bytes=1600,
     )
 
 
@@ -72,6 +74,26 @@ def test_rebuilding_one_cell_changes_only_its_lines() -> None:
         '"build_seconds": 0.7,',
         f'"sha256": "{"b" * 64}",',
     ]
+
+
+def test_engine_facts_are_one_line_each_and_round_trip(tmp_path: Path) -> None:
+    text = lock_to_json(lock(**{"a@sm86": entry("a")}))
+    assert (
+        '      "io": [{"dtype": "fp32", "mode": "input", "name": "x", "shape": [-1, 16]}, '
+        '{"dtype": "fp16", "mode": "output", "name": "y", "shape": [-1]}],\n' in text
+    )
+    assert '      "weights_bytes": 1600\n' in text  # the entry's last field
+    assert '      "stripped_weights_bytes": null,\n' in text
+    again = lock_from_json(text)  # checked against the schema too
+    assert again.engines["a@sm86"].io == entry("a").io
+
+
+def test_a_lock_written_before_engine_facts_still_reads(tmp_path: Path) -> None:
+    data = json.loads(lock_to_json(lock(**{"a@sm86": entry("a")})))
+    for field in ("io", "weights_bytes", "stripped_weights_bytes"):
+        del data["engines"]["a@sm86"][field]
+    old = lock_from_json(json.dumps(data)).engines["a@sm86"]
+    assert (old.io, old.weights_bytes, old.stripped_weights_bytes) == ((), None, None)
 
 
 def test_absent_lock_is_none(tmp_path: Path) -> None:
