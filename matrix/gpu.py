@@ -27,6 +27,12 @@ def _why_refused(this: str) -> str:
     )
 
 
+def cc_refusal(subject: str) -> str:
+    """The line that refuses a GPU TensorRT-RTX cannot use; `subject` names it (a GPU's label,
+    or `CC 9.0` when only the CC is known). One wording for `build`, `refit` and `select`."""
+    return f"{subject} is not a TensorRT-RTX target: {_why_refused('this GPU')}"
+
+
 def is_supported(cc: CC) -> bool:
     """Whether TensorRT-RTX builds for and runs on a GPU of this CC.
 
@@ -48,6 +54,8 @@ class Gpu:
     memory_bytes: int
     uuid: str | None = None
     """`GPU-...`: pins CUDA to this GPU whatever the CUDA device order (see `cuda_env`)."""
+    driver: str | None = None
+    """The NVIDIA driver's version (`580.95.05`), as NVML reports it; None when it did not."""
 
     @property
     def label(self) -> str:
@@ -62,7 +70,7 @@ class Gpu:
         """Why TensorRT-RTX cannot use this GPU, or None when it can."""
         if self.supported:
             return None
-        return f"{self.label} is not a TensorRT-RTX target: {_why_refused('this GPU')}"
+        return cc_refusal(self.label)
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,8 @@ def discover(nvml: Any = None) -> GpuInventory:
     except failures as error:
         return GpuInventory(reason=f"no NVIDIA driver found (NVML: {error})")
     try:
-        gpus = tuple(_read_gpu(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
+        driver = _driver(nvml)
+        gpus = tuple(_read_gpu(nvml, i, driver) for i in range(nvml.nvmlDeviceGetCount()))
     except failures as error:
         return GpuInventory(reason=f"NVML could not list the GPUs: {error}")
     finally:
@@ -156,7 +165,7 @@ def discover(nvml: Any = None) -> GpuInventory:
     return GpuInventory(gpus=gpus)
 
 
-def _read_gpu(nvml: Any, index: int) -> Gpu:
+def _read_gpu(nvml: Any, index: int, driver: str | None = None) -> Gpu:
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
     major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
     return Gpu(
@@ -165,7 +174,15 @@ def _read_gpu(nvml: Any, index: int) -> Gpu:
         cc=CC(int(major), int(minor)),
         memory_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
         uuid=_uuid(nvml, handle),
+        driver=driver,
     )
+
+
+def _driver(nvml: Any) -> str | None:
+    try:
+        return _text(nvml.nvmlSystemGetDriverVersion()) or None
+    except (nvml.NVMLError, AttributeError):
+        return None
 
 
 def _uuid(nvml: Any, handle: Any) -> str | None:

@@ -10,7 +10,15 @@ import pynvml
 import pytest
 
 from matrix.errors import GpuError
-from matrix.gpu import Gpu, GpuInventory, cuda_env, discover, gpu_skip_reason, is_supported
+from matrix.gpu import (
+    Gpu,
+    GpuInventory,
+    cc_refusal,
+    cuda_env,
+    discover,
+    gpu_skip_reason,
+    is_supported,
+)
 from matrix.plan.capabilities import CC, SM89, SM120
 
 H100 = ("NVIDIA H100 80GB HBM3", (9, 0))
@@ -33,6 +41,7 @@ class FakeNvml:
     devices: tuple[tuple[str, tuple[int, int]], ...] = ()
     init_error: Exception | None = None
     count_error: Exception | None = None
+    driver: str = "580.95.05"
     initialised: bool = False
     shut_down: bool = False
 
@@ -65,6 +74,9 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, handle: int) -> str:
         return f"GPU-0000000{handle}-fake"
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.driver
 
 
 def inventory_of(*devices: tuple[str, tuple[int, int]]) -> GpuInventory:
@@ -115,7 +127,7 @@ def test_nvml_failing_while_listing_still_shuts_down() -> None:
 def test_rtx4090_resolves_current_to_sm89() -> None:
     inventory = inventory_of(RTX4090)
     assert inventory.gpus == (
-        Gpu(0, "NVIDIA GeForce RTX 4090", SM89, 24 << 30, uuid="GPU-00000000-fake"),
+        Gpu(0, "NVIDIA GeForce RTX 4090", SM89, 24 << 30, "GPU-00000000-fake", "580.95.05"),
     )
     assert inventory.reason is None
     assert inventory.pick().cc == SM89
@@ -216,3 +228,14 @@ def test_cuda_env_pins_by_uuid_or_pci_order() -> None:
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "CUDA_VISIBLE_DEVICES": "3",
     }
+
+
+def test_the_driver_version_is_read_once_for_every_gpu() -> None:
+    inventory = discover(FakeNvml(devices=(RTX4090, RTX3090), driver="581.15"))
+    assert [gpu.driver for gpu in inventory.gpus] == ["581.15", "581.15"]
+
+
+def test_a_bare_cc_is_refused_in_the_words_a_gpu_is() -> None:
+    assert cc_refusal("CC 9.0") == H100_REFUSAL.replace(
+        "GPU 0 (NVIDIA H100 80GB HBM3, CC 9.0)", "CC 9.0"
+    )
