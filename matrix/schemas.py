@@ -1,4 +1,4 @@
-"""The JSON Schemas shipped with rtx-matrix: the manifest's and the lockfile's."""
+"""The JSON Schemas shipped with rtx-matrix: the manifest's, the lockfile's and the bundle's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from matrix.errors import InputError
 
-NAMES = ("manifest", "lockfile")
+NAMES = ("manifest", "lockfile", "bundle")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries them inside the package (hatch force-include); an editable install or a

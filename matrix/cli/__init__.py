@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # imported in the functions: `main` starts `build`'s worker f
     from matrix.errors import MatrixError
 
 # Imported lazily: a no-op `build` must not pay for `plan`'s or `refit`'s imports.
-SUBCOMMANDS = ("plan", "build", "status", "clean", "refit", "lock", "schema")
+SUBCOMMANDS = (
+    "plan", "build", "status", "clean", "refit", "lock", "bundle", "select", "prepare", "schema",
+)
 
 
 def make_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from matrix.facts.cache import FactsCache
 from matrix.lockfile.io import write_lock
 from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity
 from matrix.manifest.types import BuilderOptions
+from matrix.runtime import refit as library_refit
 from tests.modelgen import mlp_fp32
 from tests.test_gpu import H100, H100_REFUSAL, RTX4090, FakeNvml
 
@@ -50,7 +51,7 @@ def library_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any) -> None:
         raise AssertionError("tensorrt_rtx was used although the GPU check should have failed")
 
-    monkeypatch.setattr(refit, "_refit_with_library", refuse)
+    monkeypatch.setattr(library_refit, "refit_blob", refuse)
 
 
 @pytest.fixture
