@@ -102,18 +102,25 @@ class GpuInventory:
             if not usable:
                 raise GpuError(self.unusable_reason())
             return usable[0]
-        gpu = next((g for g in self.gpus if g.index == device), None)
-        if gpu is None:
-            raise GpuError(self._no_such_device(device))
+        gpu = self.at(device)
         if gpu.refusal:
             raise GpuError(gpu.refusal)
         return gpu
 
-    def _no_such_device(self, device: int) -> str:
+    def at(self, index: int, flag: str = "--device") -> Gpu:
+        """The GPU NVML numbers `index`, supported or not (the caller refuses it in its own
+        words); GpuError naming the GPUs there are when there is none. `flag` is how the
+        caller's user spelt the index."""
+        gpu = next((g for g in self.gpus if g.index == index), None)
+        if gpu is None:
+            raise GpuError(self._no_such_device(index, flag))
+        return gpu
+
+    def _no_such_device(self, device: int, flag: str = "--device") -> str:
         if not self.gpus:
-            return f"--device {device}: {self.unusable_reason()}"
+            return f"{flag} {device}: {self.unusable_reason()}"
         found = ", ".join(gpu.label for gpu in self.gpus)
-        return f"--device {device}: no such GPU; found {found}"
+        return f"{flag} {device}: no such GPU; found {found}"
 
 
 def gpu_skip_reason(inventory: GpuInventory, device: int | None = None) -> str | None:

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from matrix.cli.common import add_manifest_arg
 from matrix.errors import UsageError
-from matrix.plan.load import DEFAULT_MANIFEST
 
 DESCRIPTION = """\
 Hard-link (or, across file systems, copy) the engines the lockfile names into DIR, with
@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("manifest", nargs="?", help=f"manifest file (default: {DEFAULT_MANIFEST})")
+    add_manifest_arg(parser)
     parser.add_argument("cells", nargs="*", help="cell ids, model names or globs (default: all)")
     parser.add_argument("-o", "--output", metavar="DIR", help="the bundle folder")
     parser.add_argument(

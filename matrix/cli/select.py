@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import GpuError
-
 DESCRIPTION = """\
 Show, for each family of the bundle in DIR, the engine a GPU loads: the first model in
 manifest order with an engine that runs on its compute capability; among that model's
@@ -51,11 +49,4 @@ def _gpu(device: int | None) -> Any:
     from matrix import gpu
 
     inventory = gpu.discover()
-    if device is None:
-        return inventory.pick()
-    found = next((g for g in inventory.gpus if g.index == device), None)
-    if found is None:
-        listed = ", ".join(g.label for g in inventory.gpus)
-        why = f"found {listed}" if listed else inventory.unusable_reason()
-        raise GpuError(f"--gpu {device}: no such GPU; {why}")
-    return found
+    return inventory.pick() if device is None else inventory.at(device, "--gpu")

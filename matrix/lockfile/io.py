@@ -152,19 +152,26 @@ def plain_json(value: Any) -> Any:
     return value
 
 
-def _format(value: Any, depth: int) -> str:
-    expand = depth <= _EXPANDED_DEPTH and isinstance(value, (dict, list)) and len(value) > 0
+def stable_json(value: Any, expanded_depth: int) -> str:
+    """JSON with sorted keys whose containers down to `expanded_depth` have one member per
+    line and deeper ones sit on one line: diffs show which record changed, and no more."""
+    return _format(value, 0, expanded_depth) + "\n"
+
+
+def _format(value: Any, depth: int, expanded_depth: int = _EXPANDED_DEPTH) -> str:
+    expand = depth <= expanded_depth and isinstance(value, (dict, list)) and len(value) > 0
     if not expand:
         return json.dumps(value, sort_keys=True, separators=_COMPACT, ensure_ascii=False)
     inner = "  " * (depth + 1)
     if isinstance(value, dict):
         lines = [
-            f"{inner}{json.dumps(key, ensure_ascii=False)}: {_format(value[key], depth + 1)}"
+            f"{inner}{json.dumps(key, ensure_ascii=False)}: "
+            f"{_format(value[key], depth + 1, expanded_depth)}"
             for key in sorted(value)
         ]
         opening, closing = "{", "}"
     else:
-        lines = [f"{inner}{_format(item, depth + 1)}" for item in value]
+        lines = [f"{inner}{_format(item, depth + 1, expanded_depth)}" for item in value]
         opening, closing = "[", "]"
     return opening + "\n" + ",\n".join(lines) + "\n" + "  " * depth + closing
 

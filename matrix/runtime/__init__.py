@@ -21,6 +21,7 @@ from matrix.runtime.bundle import (
     read_bundle,
     verify_bundle,
 )
+from matrix.runtime.prepare import Prepared, Ready, Refitter, prepare
 from matrix.runtime.select import Choice, Selection, select
 
 __all__ = [
@@ -29,8 +30,12 @@ __all__ = [
     "BundleDamaged",
     "BundleEngine",
     "Choice",
+    "Prepared",
+    "Ready",
+    "Refitter",
     "Selection",
     "check_bundle",
+    "prepare",
     "read_bundle",
     "select",
     "verify_bundle",

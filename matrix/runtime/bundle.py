@@ -20,7 +20,7 @@ from typing import Any
 
 from matrix.atomic import sha256_file
 from matrix.errors import InputError, Problem
-from matrix.lockfile.io import tensor_from_dict, tensor_to_dict
+from matrix.lockfile.io import stable_json, tensor_from_dict, tensor_to_dict
 from matrix.lockfile.types import TensorSpec
 
 BUNDLE_FILE = "bundle.json"
@@ -252,8 +252,9 @@ def _optional_int(value: Any) -> int | None:
 
 
 def bundle_to_json(bundle: Bundle) -> str:
-    """Stable text: sorted keys, lists in manifest order; the same inputs give the same bytes."""
-    return json.dumps(bundle_to_dict(bundle), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """Stable text: the same inputs give the same bytes. Sorted keys, lists in manifest order,
+    and each engine's fields one a line (the lockfile's layout)."""
+    return stable_json(bundle_to_dict(bundle), expanded_depth=2)
 
 
 def bundle_to_dict(bundle: Bundle) -> dict[str, Any]:
@@ -340,8 +341,9 @@ def verify_bundle(root: Path | str) -> Verified:
     return Verified(bundle, len(files), total, tuple(problems))
 
 
-def file_problem(path: Path, size: int, sha256: str) -> str | None:
-    """Why `path` is not the file with this size and sha256; None when it is."""
+def file_problem(path: Path, size: int, sha256: str | None) -> str | None:
+    """Why `path` is not the file with this size and sha256; None when it is. With no
+    `sha256`, the size alone is checked (for every launch: hashing is `verify`'s job)."""
     try:
         actual = path.stat().st_size
     except FileNotFoundError:
@@ -350,6 +352,8 @@ def file_problem(path: Path, size: int, sha256: str) -> str | None:
         return f"cannot read it: {error.strerror}"
     if actual != size:
         return f"{actual} bytes where {BUNDLE_FILE} lists {size}: not the file it names"
+    if sha256 is None:
+        return None
     try:
         digest = sha256_file(path)
     except OSError as error:

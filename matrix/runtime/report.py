@@ -6,6 +6,7 @@ from typing import Any
 
 from matrix.lockfile.types import TensorSpec
 from matrix.runtime.bundle import BundleEngine, Verified, engine_to_dict
+from matrix.runtime.prepare import Prepared
 from matrix.runtime.select import Selection
 
 
@@ -80,3 +81,36 @@ def verified_line(verified: Verified) -> str:
         f"({engines} engine{'s' * (engines != 1)}, {human_bytes(verified.bytes)})"
     )
 
+
+
+def prepared_lines(prepared: Prepared) -> list[str]:
+    lines = [f"for {prepared.selection.subject}:"]
+    for family, ready in prepared.ready.items():
+        if not ready.cached:
+            how = "full engine from the bundle"
+        elif ready.refitted:
+            how = "weightless engine, refitted now and cached"
+        else:
+            how = "weightless engine, refitted earlier (cached)"
+        lines.append(f"  {family}: {ready.path} ({ready.engine.cell}: {how})")
+    for family, why in prepared.missing.items():
+        lines.append(f"  {family}: {why}")
+    return lines
+
+
+def prepared_json(prepared: Prepared) -> dict[str, Any]:
+    selection = prepared.selection
+    return {
+        "cc": selection.cc.dotted,
+        "gpu": selection.gpu.label if selection.gpu else None,
+        "families": {
+            family: {
+                "cell": ready.engine.cell,
+                "path": str(ready.path),
+                "cached": ready.cached,
+                "refitted": ready.refitted,
+            }
+            for family, ready in prepared.ready.items()
+        },
+        "missing": dict(prepared.missing),
+    }

@@ -132,7 +132,8 @@ def runs_on(engine: BundleEngine, cc: CC) -> bool:
 
 
 def _none_runs(bundle: Bundle, models: tuple[str, ...], cc: CC) -> str:
-    where = sorted({on for m in models for e in bundle.engines_of(m) for on in e.runs_on})
+    found = {on for m in models for e in bundle.engines_of(m) for on in e.runs_on}
+    where = sorted(found, key=lambda on: (on == NEWER, parse_cc(on) if on != NEWER else cc))
     runs = f" (its engines run on {' '.join(where)})" if where else " (it has no engines)"
     return f"no engine runs on CC {cc.dotted}{runs}"
 

@@ -205,7 +205,7 @@ def test_every_family_is_chosen_for_independently() -> None:
     turing = select(b, "7.5")
     assert list(turing.chosen) == ["cls"]
     assert turing.missing["det"] == (
-        "no engine runs on CC 7.5 (its engines run on newer sm120 sm121 sm80 sm86 sm89)"
+        "no engine runs on CC 7.5 (its engines run on sm80 sm86 sm89 sm120 sm121 newer)"
     )
 
 
