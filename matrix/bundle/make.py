@@ -91,7 +91,7 @@ def make_bundle(
         raise InputError([missing])
     cells, left_out = _chosen(plan, lock, patterns)
     _check_fresh(plan, cells, lock, lock_path)
-    _check_output(output)
+    _check_output(output, plan.manifest.output)
     earlier = _earlier_files(output)
     bundle = _describe(plan, lock, lock_path, cells, output, with_onnx)
     sources = _sources(plan, lock, lock_path, cells, bundle)
@@ -141,7 +141,12 @@ def _check_fresh(plan: Plan, cells: list[Cell], lock: Lock, lock_path: Path) -> 
         raise Stale(f"out of date: {listed}: run `rtx-matrix build` before bundling")
 
 
-def _check_output(output: Path) -> None:
+def _check_output(output: Path, build_output: Path) -> None:
+    if output.resolve().is_relative_to(build_output.resolve()):
+        raise InputError([Problem(str(output), (
+            f"inside the build's output folder {build_output}, where `rtx-matrix clean` "
+            "deletes engines the lock does not name: choose another folder"
+        ))])
     if output.exists() and not output.is_dir():
         raise InputError([Problem(str(output), "not a folder")])
     if output.is_dir() and any(output.iterdir()) and not (output / BUNDLE_FILE).is_file():

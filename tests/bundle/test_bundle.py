@@ -265,6 +265,9 @@ def test_a_weightless_engine_stays_bundleable_when_only_the_weights_changed(
         (["dist"], "error: bundle needs -o DIR, the folder to write the bundle to"),
         (["-o", "models"], "error: models: not empty and not a bundle (no bundle.json): name a "
                            "new folder"),
+        (["-o", "engines/dist"], "error: engines/dist: inside the build's output folder "
+                                 "{root}/engines, where `rtx-matrix clean` deletes engines the "
+                                 "lock does not name: choose another folder"),
         (["--lock", "other.lock", "-o", "dist"],
          "error: {root}/other.lock: no such lockfile: run `rtx-matrix build` first"),
     ],
