@@ -81,9 +81,10 @@ def make_bundle(
 ) -> BundleReport:
     """Bundle the engines of `plan`'s cells that the lock names (those `patterns` select).
 
-    InputError (exit 2, nothing written) for a missing lock, a cell asked for by id that has
-    no engine, an output folder that is neither empty nor a bundle, an engine that is not
-    the one the lock recorded; Stale (exit 1) when a chosen cell is out of date.
+    Refused before anything is written: InputError (exit 2) for a missing lock, a cell asked
+    for by id that has no engine, an output folder that is neither empty nor a bundle;
+    Stale (exit 1) when a chosen cell is out of date. Later failures (an engine that is no
+    longer the one the lock recorded, a full disk) leave the folder without bundle.json.
     """
     lock = read_lock(lock_path)
     if lock is None:

@@ -187,7 +187,7 @@ def _engine(data: Mapping[str, Any]) -> BundleEngine:
         targets=_strs(data["targets"]),
         built_for=_strs(data["built_for"]),
         runs_on=_strs(data["runs_on"]),
-        weightless=bool(data["weightless"]),
+        weightless=_bool(data["weightless"]),
         dtypes=_strs(data["dtypes"]),
         io=tuple(tensor_from_dict(t) for t in data.get("io") or ()),
         weights_bytes=_optional_int(data.get("weights_bytes")),
@@ -241,6 +241,12 @@ def _strs(value: Any) -> tuple[str, ...]:
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
     return value
 
 

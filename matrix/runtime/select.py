@@ -24,7 +24,7 @@ from types import MappingProxyType
 
 from matrix.errors import GpuError, InputError
 from matrix.gpu import Gpu, cc_refusal, is_supported
-from matrix.plan.capabilities import CC, KNOWN, NEWER, parse_cc
+from matrix.plan.capabilities import CC, KNOWN, NEWER, looks_like_cc, parse_cc
 from matrix.runtime.bundle import Bundle, BundleEngine, read_bundle
 
 _NEWEST_KNOWN = max(KNOWN)
@@ -133,9 +133,16 @@ def runs_on(engine: BundleEngine, cc: CC) -> bool:
 
 def _none_runs(bundle: Bundle, models: tuple[str, ...], cc: CC) -> str:
     found = {on for m in models for e in bundle.engines_of(m) for on in e.runs_on}
-    where = sorted(found, key=lambda on: (on == NEWER, parse_cc(on) if on != NEWER else cc))
+    where = sorted(found, key=_cc_order)
     runs = f" (its engines run on {' '.join(where)})" if where else " (it has no engines)"
     return f"no engine runs on CC {cc.dotted}{runs}"
+
+
+def _cc_order(name: str) -> tuple[int, CC, str]:
+    """CCs in numeric order (sm80 before sm120), then `newer`, then anything unexpected."""
+    if looks_like_cc(name):
+        return 0, parse_cc(name), name
+    return (1 if name == NEWER else 2), CC(0, 0), name
 
 
 def _as_cc(value: CC | Gpu | str | float) -> CC:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from matrix import gpu
 from matrix.atomic import sha256_file
 from matrix.build import builder
 from matrix.bundle import make
@@ -33,6 +34,7 @@ from matrix.schemas import load_schema
 from matrix.versions import installed_tensorrt_rtx
 from tests import modelgen
 from tests.factories import build_request
+from tests.test_gpu import H100, H100_REFUSAL, RTX3090, FakeNvml
 
 pytestmark = pytest.mark.slow
 
@@ -445,3 +447,26 @@ def test_select_exit_codes(copied: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_schema_command_prints_the_bundle_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "bundle"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "rtx-matrix bundle"
+
+
+@pytest.mark.parametrize(
+    ("devices", "args", "code", "first_line"),
+    [
+        ((RTX3090,), [], 0, "for GPU 0 (NVIDIA GeForce RTX 3090, CC 8.6):"),
+        ((H100, RTX3090), [], 0, "for GPU 1 (NVIDIA GeForce RTX 3090, CC 8.6):"),
+        ((H100, RTX3090), ["--gpu", "0"], 3, f"error: {H100_REFUSAL}"),
+        ((RTX3090,), ["--gpu", "5"], 3,
+         "error: --gpu 5: no such GPU; found GPU 0 (NVIDIA GeForce RTX 3090, CC 8.6)"),
+        ((), [], 3, "error: no GPU found"),
+    ],
+)
+def test_select_asks_nvml_for_the_gpu(
+    copied: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    devices: tuple[tuple[str, tuple[int, int]], ...], args: list[str], code: int,
+    first_line: str,
+) -> None:
+    answer = gpu.discover(FakeNvml(devices=devices))
+    monkeypatch.setattr(gpu, "discover", lambda nvml=None: answer)
+    assert main(["select", "dist", *args]) == code
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).splitlines()[0] == first_line
