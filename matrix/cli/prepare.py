@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(
         Path(args.bundle), chosen, args.cache_dir, onnx=models,
         wait=math.inf if args.wait is None else args.wait,
+        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
         print(json.dumps(prepared_json(prepared), indent=2, sort_keys=True))

@@ -15,10 +15,11 @@ does not lock never sees a half-written engine (each file is renamed into place)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from typing import Protocol
 from matrix import gpu as gpus
 from matrix.atomic import sha256_file, write_atomic
 from matrix.errors import InputError, LockBusy, Problem
+from matrix.file_lock import Busy, file_lock
 from matrix.runtime.bundle import (
     Bundle,
     BundleDamaged,
@@ -106,6 +108,7 @@ def prepare(
     onnx: Mapping[str, Path | str] | None = None,
     refitter: Refitter | None = None,
     wait: float = math.inf,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Prepared:
     """The engine file each family of `bundle` loads on `gpu`, refitted and cached if needed.
 
@@ -117,6 +120,7 @@ def prepare(
     weightless engines whose bundle does not carry its model (`bundle` without
     `--with-onnx`); it must be the model the bundle names (checked by size and sha256).
     `wait`: seconds to wait for another instance refitting the same engine.
+    `on_progress`: called with a line before a refit (which takes seconds) or a wait.
 
     Raises GpuError (exit 3) without a usable GPU, BundleDamaged (exit 1) for a bundle file
     that is not what bundle.json says, InputError (exit 2) for a missing or different ONNX
@@ -130,6 +134,7 @@ def prepare(
         Path(cache_dir) if cache_dir is not None else _default_cache(),
         refitter or TensorRtRefitter(),
         wait,
+        on_progress,
     )
     ready = {
         family: _ready(bundle, choice.engine, family, chosen, cache, onnx or {})
@@ -248,10 +253,14 @@ _Inputs = Callable[[], tuple[Path, Path]]
 class RefitCache:
     """Refitted engines, one per (weightless engine, GPU, driver, library, weights)."""
 
-    def __init__(self, folder: Path, refitter: Refitter, wait: float = math.inf) -> None:
+    def __init__(
+        self, folder: Path, refitter: Refitter, wait: float = math.inf,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.folder = folder
         self.refitter = refitter
         self.wait = wait
+        self.say = on_progress or (lambda line: None)
 
     def get(
         self, engine: BundleEngine, gpu: gpus.Gpu, inputs: _Inputs
@@ -261,18 +270,33 @@ class RefitCache:
         entry = self.entry(engine, key)
         if self.holds(entry):
             return entry.engine, False
-        from matrix.file_lock import Busy, file_lock
-
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            with file_lock(entry.lock, self.wait):
+            with self._locked(entry, engine):
                 if self.holds(entry):  # another instance refitted it while we waited
                     return entry.engine, False
-                self._refit(entry, engine, gpu, key, *inputs())
+                weightless, onnx = inputs()
+                self.say(f"refitting {engine.cell} from {onnx} on {gpu.label} (once per GPU, "
+                         "driver and TensorRT-RTX version)")
+                self._refit(entry, engine, gpu, key, weightless, onnx)
         except Busy:
             raise LockBusy(f"{entry.lock}: another process has been refitting {engine.cell} "
                            f"for over {self.wait:g} s") from None
         return entry.engine, True
+
+    @contextlib.contextmanager
+    def _locked(self, entry: CacheEntry, engine: BundleEngine) -> Iterator[None]:
+        """The entry's lock; when another process holds it, says so before waiting."""
+        try:
+            with file_lock(entry.lock, 0.0):
+                yield
+            return
+        except Busy:
+            if self.wait <= 0:
+                raise
+        self.say(f"waiting for another process refitting {engine.cell}")
+        with file_lock(entry.lock, self.wait):
+            yield
 
     def entry(self, engine: BundleEngine, key: str) -> CacheEntry:
         stem = f"{engine.cell}.{key}"

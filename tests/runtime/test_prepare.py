@@ -374,8 +374,10 @@ def test_another_refit_of_the_same_engine_is_waited_for_up_to_a_limit(
     path = ready.path("ocr")
     path.with_suffix(".json").unlink()  # needs a refit again
     refitter = StandInRefitter()
+    said: list[str] = []
     with file_lock(path.with_suffix(".lock")), pytest.raises(LockBusy) as busy:
-        prepare(bundled, RTX3090_GPU, cache, refitter=refitter, wait=0.2)
+        prepare(bundled, RTX3090_GPU, cache, refitter=refitter, wait=0.2, on_progress=said.append)
+    assert said == ["waiting for another process refitting ocr@sm86+weightless"]
     assert str(busy.value) == (
         f"{path.with_suffix('.lock')}: another process has been refitting ocr@sm86+weightless "
         "for over 0.2 s"
@@ -454,9 +456,12 @@ def test_the_real_refit_on_a_host_without_cuda_fails_with_the_librarys_error(
 ) -> None:
     fake_gpus(monkeypatch, RTX3090)  # NVML says a 3090; CUDA finds no driver
     code = main(["prepare", str(real_engine_bundle), "--cache-dir", str(cache)])
-    err = capsys.readouterr().err
+    said, err = capsys.readouterr().err.splitlines()
     engine = real_engine_bundle / "engines" / "ocr@sm86+weightless.engine"
+    onnx = real_engine_bundle / "onnx" / "ocr" / "ocr.onnx"
     assert code == 1
+    assert said == (f"refitting ocr@sm86+weightless from {onnx} on GPU 0 (NVIDIA GeForce RTX "
+                    "3090, CC 8.6) (once per GPU, driver and TensorRT-RTX version)")
     assert err.startswith(f"error: {engine}: TensorRT-RTX could not load the engine: ")
     assert "CUDA driver version is insufficient" in err
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-00000000-fake"  # pinned before CUDA
