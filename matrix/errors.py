@@ -64,7 +64,8 @@ class Stale(MatrixError):
 
 
 class OutputBusy(MatrixError):
-    """Another rtx-matrix process holds the output folder (its mutex, not the lockfile)."""
+    """Another rtx-matrix process holds an output: a build's folder (its mutex, not the
+    lockfile), or an engine `prepare` is refitting into the cache."""
 
     exit_code = 3
 

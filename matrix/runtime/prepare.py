@@ -28,7 +28,7 @@ from typing import Protocol
 
 from matrix import gpu as gpus
 from matrix.atomic import sha256_file, write_atomic
-from matrix.errors import InputError, LockBusy, Problem
+from matrix.errors import InputError, OutputBusy, Problem
 from matrix.file_lock import Busy, file_lock
 from matrix.runtime.bundle import (
     Bundle,
@@ -280,7 +280,7 @@ class RefitCache:
                          "driver and TensorRT-RTX version)")
                 self._refit(entry, engine, gpu, key, weightless, onnx)
         except Busy:
-            raise LockBusy(f"{entry.lock}: another process has been refitting {engine.cell} "
+            raise OutputBusy(f"{entry.lock}: another process has been refitting {engine.cell} "
                            f"for over {self.wait:g} s") from None
         return entry.engine, True
 

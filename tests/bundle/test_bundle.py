@@ -306,7 +306,7 @@ def test_an_interrupted_bundle_leaves_a_folder_that_does_not_verify(
 ) -> None:
     # An earlier, complete bundle in the folder first.
     assert bundle(capsys, "rtx-matrix.yaml", "-o", "dist", "det-fp8")[0] == 0
-    placed = []
+    placed: list[Path] = []
     real_place = make.place
 
     def place_then_die(*args: Any, **kwargs: Any) -> str:

@@ -22,7 +22,7 @@ import pytest
 from matrix import gpu
 from matrix.atomic import sha256_file
 from matrix.cli import main
-from matrix.errors import GpuError, InputError, LockBusy
+from matrix.errors import GpuError, InputError, OutputBusy
 from matrix.facts.cache import FactsCache
 from matrix.file_lock import file_lock
 from matrix.plan.capabilities import CC
@@ -375,7 +375,7 @@ def test_another_refit_of_the_same_engine_is_waited_for_up_to_a_limit(
     path.with_suffix(".json").unlink()  # needs a refit again
     refitter = StandInRefitter()
     said: list[str] = []
-    with file_lock(path.with_suffix(".lock")), pytest.raises(LockBusy) as busy:
+    with file_lock(path.with_suffix(".lock")), pytest.raises(OutputBusy) as busy:
         prepare(bundled, RTX3090_GPU, cache, refitter=refitter, wait=0.2, on_progress=said.append)
     assert said == ["waiting for another process refitting ocr@sm86+weightless"]
     assert str(busy.value) == (
