@@ -1,11 +1,8 @@
-"""ModelFacts cached on disk, keyed by the stat of the model and its external-data files.
+"""ModelFacts cached on disk, keyed by the `FileStat` of the model and its external data.
 
 A no-op `build` reads facts for every model: this module must stay cheap to import and
-to hit (no `onnx` import, one small JSON file per model, a few `stat` calls).
-
-Like git's "racily clean" index entries: a file modified within the same coarse clock tick
-as its inspection could change again without its stat changing. Entries stored that soon
-after the files' mtime are marked racy and checked by content digest until they age.
+to hit (no `onnx` import, one small JSON file per model, a few `stat` calls). An entry whose
+stats are racy (`matrix.file_stat`) is checked by content digest until they age.
 """
 
 from __future__ import annotations
@@ -22,14 +19,13 @@ from matrix.atomic import write_atomic
 from matrix.cache_dir import cache_dir
 from matrix.facts.onnx_inspect import content_digest, inspect_model
 from matrix.facts.types import ModelFacts, TensorInfo
+from matrix.file_stat import FileStat, file_stat, is_racy
 
 CACHE_VERSION = 3
 """Bump when `inspect_model` learns something new, so old entries are re-inspected."""
 
-RACY_NS = 2_000_000_000
-"""Files modified this recently (coarse mtimes, FAT's 2 s) may change without a new stat."""
-
-Stamp = tuple[int, int, int]
+Stats = dict[str, FileStat]
+"""The model's ("") and each external-data file's (by its name) stat."""
 
 
 class FactsCache:
@@ -46,12 +42,13 @@ class FactsCache:
         cached = _cached(entry_file, path)
         if cached is not None:
             return cached
-        before = _stamps(path, ())
+        read_at = time.time_ns()
+        before = _stats(path, ())
         facts = inspect_model(path)
-        after = _stamps(path, facts.external_files)
-        # A model rewritten while we read it must not be cached under its new stamp.
+        after = _stats(path, facts.external_files)
+        # A model rewritten while we read it must not be cached under its new stat.
         if after is not None and before is not None and before[""] == after[""]:
-            _store_entry(entry_file, _entry(path, after, facts))
+            _store_entry(entry_file, _entry(path, after, facts, read_at))
         return facts
 
     def entry_path(self, path: Path) -> Path:
@@ -59,57 +56,56 @@ class FactsCache:
         return self.directory / f"{name}.json"
 
 
-def _stamp(file: Path) -> Stamp:
-    st = file.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _stamps(path: Path, external_files: tuple[str, ...]) -> dict[str, Stamp] | None:
+def _stats(path: Path, external_files: tuple[str, ...]) -> Stats | None:
     """Stat of the model ("") and each external file; None when one vanished meanwhile."""
-    try:
-        stamps = {"": _stamp(path)}
-        for name in external_files:
-            stamps[name] = _stamp(path.parent / name)
-    except OSError:
-        return None
-    return stamps
+    files = [("", path), *((name, path.parent / name) for name in external_files)]
+    stats: Stats = {}
+    for name, file in files:
+        try:
+            stat = file_stat(file)
+        except OSError:
+            stat = None
+        if stat is None:
+            return None
+        stats[name] = stat
+    return stats
 
 
-def _is_racy(stamps: dict[str, Stamp]) -> bool:
-    newest = max(mtime for _, mtime, _ in stamps.values())
-    return time.time_ns() - newest < RACY_NS
+def _racy(stats: Stats, read_at_ns: int) -> bool:
+    return any(is_racy(stat, read_at_ns) for stat in stats.values())
 
 
 def _cached(entry_file: Path, path: Path) -> ModelFacts | None:
     loaded = _load_entry(entry_file, path)
     if loaded is None:
         return None
-    facts, stamps, racy = loaded
+    facts, stats, racy = loaded
     if not racy:
         return facts
+    read_at = time.time_ns()
     try:
         unchanged = content_digest(path, facts.external_files) == facts.digest
     except OSError:
         return None
     if not unchanged:
         return None
-    if not _is_racy(stamps):
-        _store_entry(entry_file, _entry(path, stamps, facts))
+    if not _racy(stats, read_at):
+        _store_entry(entry_file, _entry(path, stats, facts, read_at))
     return facts
 
 
-def _load_entry(entry_file: Path, path: Path) -> tuple[ModelFacts, dict[str, Stamp], bool] | None:
-    """(facts, stamps, racy) when the entry is sound and every stamp still matches."""
+def _load_entry(entry_file: Path, path: Path) -> tuple[ModelFacts, Stats, bool] | None:
+    """(facts, stats, racy) when the entry is sound and every stat still matches."""
     try:
         entry = json.loads(entry_file.read_bytes())
         if entry["version"] != CACHE_VERSION or entry["path"] != str(path):
             return None
         facts = facts_from_json(entry["facts"])
-        stamps = _stamps(path, facts.external_files)
-        recorded = {name: tuple(stamp) for name, stamp in entry["stamps"].items()}
-        if stamps is None or recorded != stamps:
+        stats = _stats(path, facts.external_files)
+        recorded = {name: FileStat(*stat) for name, stat in entry["stats"].items()}
+        if stats is None or recorded != stats:
             return None
-        return facts, stamps, bool(entry["racy"])
+        return facts, stats, bool(entry["racy"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         # Missing or corrupt entry, or a model that changed: inspect again.
         return None
@@ -121,12 +117,12 @@ def _store_entry(entry_file: Path, entry: dict[str, Any]) -> None:
         write_atomic(entry_file, json.dumps(entry, sort_keys=True), durable=False)
 
 
-def _entry(path: Path, stamps: dict[str, Stamp], facts: ModelFacts) -> dict[str, Any]:
+def _entry(path: Path, stats: Stats, facts: ModelFacts, read_at_ns: int) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
         "path": str(path),
-        "stamps": {name: list(stamp) for name, stamp in stamps.items()},
-        "racy": _is_racy(stamps),
+        "stats": {name: list(stat) for name, stat in stats.items()},
+        "racy": _racy(stats, read_at_ns),
         "facts": facts_to_json(facts),
     }
 

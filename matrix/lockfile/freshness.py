@@ -1,8 +1,8 @@
 """Make-style freshness: which cells of a plan need building, and why.
 
 A cell is up to date when its fingerprint equals its lock entry's and the engine on disk is
-the one the lock names (trusted by size and mtime through `matrix.lockfile.stamps`, hashed otherwise
-or with `verify`). Pure reading: nothing here imports tensorrt_rtx, onnx or rich.
+the one the lock names (trusted by its stat through `matrix.lockfile.stamps`, hashed
+otherwise or with `verify`). Pure reading: nothing here imports tensorrt_rtx, onnx or rich.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from matrix.atomic import sha256_file
 from matrix.errors import InputError, Problem
 from matrix.facts.types import ModelFacts
+from matrix.file_stat import file_stat
 from matrix.gpu import Gpu
 from matrix.lockfile.fingerprint import build_options, fingerprint
 from matrix.lockfile.io import plain_json
@@ -221,11 +222,10 @@ def engine_reasons(entry: LockEntry, engine: Path, context: Context) -> tuple[st
 
 def engine_check(entry: LockEntry, engine: Path, stamps: Stamps) -> tuple[str, ...]:
     """Hash the engine and compare it with the lock; a match refreshes its stamp."""
-    try:
-        stat = engine.stat()
-    except FileNotFoundError:
+    stat = file_stat(engine)
+    if stat is None:
         return (ENGINE_MISSING,)
-    if stat.st_size != entry.size:
+    if stat.size != entry.size:
         return (ENGINE_MODIFIED,)
     sha = sha256_file(engine)
     if sha != entry.sha256:

@@ -1,28 +1,34 @@
-"""Local record of files this machine has already hashed: size, mtime_ns and sha256.
+"""Stamps: what this machine knows of the files a build wrote or hashed, each file's
+`FileStat` and the sha256 it had, so a no-op build trusts a file by `stat` alone.
 
-Lets a no-op build trust a file by `stat` alone instead of hashing it. Kept inside the output
-folder (`.rtx-matrix/stamps.json`) and never checked in: a clone or another machine has other
-mtimes, so its first run hashes once and then trusts the stamps too.
+Kept inside the output folder (`.rtx-matrix/stamps.json`) and never checked in: a clone or
+another machine has other mtimes and inodes, so its first run hashes once and then trusts the
+stamps too. Like make, a stamp is trusted as soon as it is recorded, without the racy rule of
+`matrix.file_stat`: an edit that keeps a file's size, mtime and inode is what `--verify` is for.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from matrix.atomic import write_atomic
+from matrix.file_stat import FileStat, file_stat
 
 STATE_DIR = ".rtx-matrix"
 STAMPS_FILE = "stamps.json"
 
 
-@dataclass(frozen=True)
-class Stamp:
-    size: int
-    mtime_ns: int
+class Stamp(NamedTuple):
+    stat: FileStat
     sha256: str
+    """Empty for the lock, whose stamp only says that it was written or checked here."""
+
+    def to_json(self) -> list[Any]:
+        # sha256 third: rtx-matrix 0.1.0 read [size, mtime_ns, sha256] and ignores the rest.
+        size, mtime_ns, ino = self.stat
+        return [size, mtime_ns, self.sha256, ino]
 
 
 def state_dir(output: Path) -> Path:
@@ -30,11 +36,15 @@ def state_dir(output: Path) -> Path:
 
 
 class Stamps:
-    """Keyed by absolute path; saved only when something changed."""
+    """Keyed by absolute path; saved only when something changed.
 
-    def __init__(self, file: Path, stamps: dict[str, Stamp] | None = None) -> None:
+    Entries stay as read from JSON until one is asked for: a no-op build over 10,000 engines
+    compares each with a stat once, and building 10,000 objects first would cost more.
+    """
+
+    def __init__(self, file: Path, raw: dict[str, Any] | None = None) -> None:
         self.file = file
-        self._stamps: dict[str, Stamp] = stamps or {}
+        self._raw: dict[str, Any] = raw if isinstance(raw, dict) else {}
         self._dirty = False
 
     @classmethod
@@ -42,43 +52,61 @@ class Stamps:
         """The stamps of `output`; an unreadable or foreign state file counts as empty."""
         file = state_dir(output) / STAMPS_FILE
         try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
-            stamps = {key: Stamp(int(v[0]), int(v[1]), str(v[2])) for key, v in raw.items()}
-        except (OSError, ValueError, TypeError, IndexError, AttributeError):
-            stamps = {}
-        return cls(file, stamps)
+            raw = json.loads(file.read_bytes())
+        except (OSError, ValueError):
+            raw = None
+        return cls(file, raw)
 
-    def unchanged(self, path: Path) -> Stamp | None:
-        """The stamp of `path` when the file still has its size and mtime, else None."""
-        known = self._stamps.get(str(path))
+    def get(self, path: Path | str) -> Stamp | None:
+        """The stamp of `path`, whatever the file looks like now."""
+        return _parse(self._raw.get(str(path)))
+
+    def unchanged(self, path: Path | str, stat: FileStat | None = None) -> Stamp | None:
+        """The stamp of `path` when the file still has its stat (`stat`, when the caller has
+        just taken it), else None."""
+        known = self.get(path)
         if known is None:
             return None
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return None
-        return known if (stat.st_size, stat.st_mtime_ns) == (known.size, known.mtime_ns) else None
+        return known if known.stat == (stat or file_stat(path)) else None
 
-    def matches(self, path: Path, size: int, sha256: str) -> bool:
-        """Whether the file at `path` stat-matches a stamp with this size and sha256."""
-        known = self.unchanged(path)
-        return known is not None and known.size == size and known.sha256 == sha256
+    def matches(self, path: Path | str, size: int, sha256: str) -> bool:
+        """Whether the file at `path` has a stamp with this size and sha256 and still has its
+        stat."""
+        raw = self._raw.get(str(path))
+        # [size, mtime_ns, sha256, ino] (Stamp.to_json), compared as read: no objects made.
+        if type(raw) is not list or len(raw) != 4:
+            return False
+        if raw[0] != size or raw[2] != sha256:
+            return False
+        return file_stat(path) == (size, raw[1], raw[3])
 
-    def record(self, path: Path, sha256: str, stat: os.stat_result | None = None) -> None:
-        stat = stat or path.stat()
-        stamp = Stamp(stat.st_size, stat.st_mtime_ns, sha256)
-        if self._stamps.get(str(path)) != stamp:
-            self._stamps[str(path)] = stamp
+    def record(self, path: Path | str, sha256: str, stat: FileStat | None = None) -> None:
+        """Stamp `path` with its `stat`, taken now when not given: take it before reading
+        the file, so that a change while reading leaves a stamp that no longer matches."""
+        entry = Stamp(stat or FileStat.of(os.stat(path)), sha256).to_json()
+        if self._raw.get(str(path)) != entry:
+            self._raw[str(path)] = entry
             self._dirty = True
 
-    def forget(self, path: Path) -> None:
-        if self._stamps.pop(str(path), None) is not None:
+    def forget(self, path: Path | str) -> None:
+        if self._raw.pop(str(path), None) is not None:
             self._dirty = True
 
     def save(self) -> None:
         """Write atomically when changed; losing it only costs a re-hash, so no fsync."""
         if not self._dirty:
             return
-        data = {key: [s.size, s.mtime_ns, s.sha256] for key, s in sorted(self._stamps.items())}
+        from matrix.atomic import write_atomic  # its tempfile import is for runs that write
+
+        data = dict(sorted(self._raw.items()))
         write_atomic(self.file, json.dumps(data, separators=(",", ":")), durable=False)
         self._dirty = False
+
+
+def _parse(raw: Any) -> Stamp | None:
+    """A stamp from its JSON list; None for anything else (an older or foreign entry)."""
+    try:
+        size, mtime_ns, sha256, ino = raw
+        return Stamp(FileStat(int(size), int(mtime_ns), int(ino)), str(sha256))
+    except (TypeError, ValueError):
+        return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrix.errors import InputError
+from matrix.file_stat import FileStat, file_stat
 from matrix.gpu import Gpu
 from matrix.lockfile.freshness import CellState, Freshness, check
 from matrix.lockfile.io import read_lock
@@ -39,16 +40,16 @@ class Survey:
     """Lock entries of cells this run no longer owns: they leave the lock after a full run."""
     shard: str | None = None
     """`K/N` for `--shard`: the lock then holds only this shard's cells."""
-    lock_signature: tuple[int, int, int] | None = None
-    """(inode, size, mtime_ns) of the lockfile as read; None when there was none. Every lock
-    write is a rename onto it, so a rewrite changes the inode even within one mtime tick."""
+    lock_signature: FileStat | None = None
+    """The lockfile's stat as read; None when there was none. Every lock write renames a new
+    file onto it, so a rewrite changes the inode even within one mtime tick."""
     chosen: tuple[Cell, ...] = ()
     """The cells the run's patterns name (all when none), buildable or not."""
 
     def still_current(self) -> bool:
         """Whether the lockfile is as this survey read it: every build rewrites the lock, so
         then no other run built anything since, and the survey need not be made again."""
-        return lock_signature(self.lock_path) == self.lock_signature
+        return file_stat(self.lock_path) == self.lock_signature
 
     def buildable_here(self, state: CellState) -> bool:
         return not state.cell.needs_gpu or self.gpu is not None
@@ -93,8 +94,11 @@ def survey(
             chosen = select_cells(plan, patterns)
     lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
     stamps = Stamps.load(plan.manifest.output.resolve())
-    signature = lock_signature(lock_path)
-    lock = read_lock(lock_path, validate=stamps.unchanged(lock_path) is None)
+    signature = file_stat(lock_path)
+    trusted = signature is not None and stamps.unchanged(lock_path, signature) is not None
+    lock = read_lock(lock_path, validate=not trusted)
+    if lock is not None and signature is not None and not trusted:
+        stamps.record(lock_path, "", signature)  # checked once: later runs skip the schema
     owned, shard = owned_cells(scope, plan)
     buildable = [cell for cell in chosen if cell.id in owned]
     fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=verify, force=force)
@@ -103,14 +107,6 @@ def survey(
         plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature,
         tuple(chosen),
     )
-
-
-def lock_signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def owned_cells(scope: Scope, plan: Plan) -> tuple[set[str], str | None]:

@@ -2,8 +2,10 @@
 
 Importing jsonschema and validating a 100-model manifest cost about 90 ms, a third of a
 no-op `build`'s budget. A manifest's schema verdict depends only on its bytes and the
-schema's, so an empty stamp file named by their digest records it. Only a manifest that
-loaded without any problem is stamped; the semantic checks always run.
+schema's, so an empty mark file named by their digest records it: keyed by content, not by
+stat, it still holds when a checkout or a copy gives the same bytes new stats. Only a
+manifest that loaded without any problem is marked; the semantic checks always run. (A
+plan found in `matrix.plan.cache` skips the loader, and so this, altogether.)
 """
 
 from __future__ import annotations
@@ -17,23 +19,23 @@ from matrix.cache_dir import cache_dir
 from matrix.schemas import schema_text
 
 KEEP = 500
-"""Stamps kept: every edit of a manifest leaves one, so the least recently used go."""
-STAMP_VERSION = b"1"
+"""Marks kept: every edit of a manifest leaves one, so the least recently used go."""
+MARK_VERSION = b"1"
 """Bump when schema checking itself changes meaning (not for schema edits: they are hashed)."""
 
 
-def stamp_path(raw: bytes) -> Path:
+def mark_path(raw: bytes) -> Path:
     digest = hashlib.sha256()
-    for part in (STAMP_VERSION, schema_text("manifest").encode(), raw):
+    for part in (MARK_VERSION, schema_text("manifest").encode(), raw):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return cache_dir() / "valid-manifests" / digest.hexdigest()
 
 
 def known_valid(raw: bytes) -> bool:
-    path = stamp_path(raw)
+    path = mark_path(raw)
     try:
-        os.utime(path)  # its mtime is its last use: pruning keeps the stamps in use
+        os.utime(path)  # its mtime is its last use: pruning keeps the marks in use
     except FileNotFoundError:
         return False
     except OSError:
@@ -43,7 +45,7 @@ def known_valid(raw: bytes) -> bool:
 
 def remember_valid(raw: bytes) -> None:
     """Best effort: a read-only or full cache only costs the next run some time."""
-    path = stamp_path(raw)
+    path = mark_path(raw)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -53,8 +55,8 @@ def remember_valid(raw: bytes) -> None:
 
 
 def prune(folder: Path, keep: int) -> None:
-    """Delete all but the `keep` most recently used stamps. Runs only after a schema check,
-    which costs far more than listing the folder."""
+    """Delete all but the `keep` most recently used files of `folder`. Runs only after the
+    work its cache saves (here a schema check), which costs far more than listing it."""
     entries = list(os.scandir(folder))
     if len(entries) <= keep:
         return

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from matrix.atomic import write_atomic
-from matrix.lockfile.survey import Scope, lock_signature, survey
+from matrix.file_stat import file_stat
+from matrix.lockfile.survey import Scope, survey
 from tests import modelgen
 
 
@@ -37,7 +38,7 @@ def test_survey_is_current_until_the_lock_is_rewritten(project: Path) -> None:
     assert first.still_current()  # no lock then, none now
     write_atomic(lock, "{}")
     assert not first.still_current()
-    second_look = replace(first, lock_signature=lock_signature(lock))
+    second_look = replace(first, lock_signature=file_stat(lock))
     assert second_look.still_current()
     write_atomic(lock, "{}")  # same bytes, same size, maybe the same mtime tick: a new inode
     assert not second_look.still_current()
