@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from matrix.errors import InputError, Problem
+from matrix.manifest.output import output_escape
 from matrix.manifest.suggest import did_you_mean
 from matrix.manifest.types import (
     CURRENT,
@@ -211,30 +212,10 @@ class _Interpreter:
             raw = DEFAULT_OUTPUT  # the schema reported it
         root = self.path.parent
         lexical = Path(os.path.normpath(root / raw))
-        message = self.output_escape(raw, root, lexical)
+        message = output_escape(raw, root, lexical)
         if message:
             self.problem("$.output", message)
         return lexical, raw
-
-    @staticmethod
-    def output_escape(raw: str, root: Path, lexical: Path) -> str | None:
-        if lexical == root:
-            return f"output {raw!r} is the manifest's folder itself: name a folder inside it"
-        if not lexical.is_relative_to(root):
-            return (
-                f"output {raw!r} is outside the manifest's folder: "
-                "engines are only written inside it"
-            )
-        try:
-            real, real_root = lexical.resolve(), root.resolve()
-        except (OSError, RuntimeError) as error:
-            return f"output {raw!r} cannot be resolved: {error}"
-        if real == real_root or not real.is_relative_to(real_root):
-            return (
-                f"output {raw!r} leads to {str(real)!r} through a symlink, "
-                "outside the manifest's folder"
-            )
-        return None
 
     # targets
 

@@ -19,8 +19,18 @@ def resolve_manifest(given: str | None) -> Path:
 def load_plan(manifest_path: Path, current: CC | None = None) -> Plan:
     """Load, inspect and plan. Raises InputError listing every problem. Writes nothing in
     the project, only to rtx-matrix's cache folder (`matrix.cache_dir`): the facts cache
-    (what the ONNX files say) and, for a manifest that passed the schema check, its
-    valid-manifest stamp (`matrix.manifest.valid_cache`)."""
+    (what the ONNX files say), for a manifest that passed the schema check its
+    valid-manifest mark (`matrix.manifest.valid_cache`), and the plan itself
+    (`matrix.plan.cache`), which an unchanged project loads instead of doing the rest."""
+    import time
+
+    from matrix.plan import cache
+
+    if current is None:
+        known = cache.load(manifest_path)
+        if known is not None:
+            return known
+    read_at = time.time_ns()
     from matrix.facts.cache import FactsCache
     from matrix.facts.collect import gather_facts
     from matrix.manifest.loader import load_manifest
@@ -30,4 +40,7 @@ def load_plan(manifest_path: Path, current: CC | None = None) -> Plan:
 
     manifest = load_manifest(manifest_path)
     facts = gather_facts(manifest, FactsCache())
-    return make_plan(manifest, facts, rules_for(installed_tensorrt_rtx()), current=current)
+    plan = make_plan(manifest, facts, rules_for(installed_tensorrt_rtx()), current=current)
+    if current is None:
+        cache.store(manifest_path, plan, read_at)
+    return plan
