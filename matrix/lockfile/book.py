@@ -7,13 +7,11 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from matrix import __version__
-from matrix.atomic import write_atomic
 from matrix.lockfile.fingerprint import build_options, plan_identity
 from matrix.lockfile.freshness import relative_posix
 from matrix.lockfile.io import EntryCache, lock_to_json
@@ -107,6 +105,8 @@ class LockBook:
         text = lock_to_json(self.snapshot(), self._cache)
         if text == self._on_disk:
             return
+        from matrix.atomic import write_atomic  # a no-op run imports this module, not that
+
         write_atomic(self.path, text)
         self._on_disk = text
         self.stamps.record(self.path, "")
@@ -118,6 +118,8 @@ class LockBook:
 def lock_entry(
     plan: Plan, task: CellTask, result: BuildResult, lock_dir: Path, gpu: Gpu | None
 ) -> LockEntry:
+    from datetime import datetime, timezone  # a no-op run imports this module for the header
+
     cell, state = task.state.cell, task.state
     facts: ModelFacts = plan.facts[cell.model.name]
     assert result.sha256 is not None and result.size is not None

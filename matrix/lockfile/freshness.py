@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matrix.atomic import sha256_file
 from matrix.errors import InputError, Problem
 from matrix.facts.types import ModelFacts
 from matrix.file_stat import file_stat
-from matrix.gpu import Gpu
 from matrix.lockfile.fingerprint import build_options, fingerprint
 from matrix.lockfile.io import plain_json
 from matrix.lockfile.stamps import Stamps
@@ -25,6 +24,9 @@ from matrix.lockfile.types import Lock, LockEntry
 from matrix.manifest.types import Manifest
 from matrix.plan.types import Cell, Plan
 from matrix.versions import installed_tensorrt_rtx
+
+if TYPE_CHECKING:  # only named: a no-op run needs no GPU
+    from matrix.gpu import Gpu
 
 NEW_CELL = "new cell"
 MODEL_CHANGED = "model changed"
@@ -47,12 +49,16 @@ def engine_path(manifest: Manifest, cell: Cell, output: Path | None = None) -> P
     `output` is the manifest's output folder already resolved: resolving costs a few
     syscalls per path, which a no-op run over 10,000 cells does not want to pay per cell.
     """
-    folder = str(output or manifest.output.resolve())
+    return Path(engine_file(manifest, cell, str(output or manifest.output.resolve())))
+
+
+def engine_file(manifest: Manifest, cell: Cell, folder: str) -> str:
+    """`engine_path` as a string, under the resolved output `folder`."""
     path = os.path.normpath(os.path.join(folder, cell.model.name, f"{cell.id}.engine"))
     if not path.startswith(folder + os.sep):
         message = f"the engine path of {cell.id} would escape the output folder {folder}"
         raise InputError([Problem(str(manifest.path), message)])
-    return Path(path)
+    return path
 
 
 def relative_posix(path: Path, start: Path) -> str:
@@ -62,7 +68,8 @@ def relative_posix(path: Path, start: Path) -> str:
 @dataclass(frozen=True)
 class CellState:
     cell: Cell
-    engine: Path
+    engine_file: str
+    """The engine's absolute path (`engine` as a Path): a no-op over 10,000 cells makes none."""
     resolved_targets: tuple[str, ...] | None
     """What the builder is given; None for a `current` cell on a host without a GPU."""
     fingerprint: str | None
@@ -74,6 +81,10 @@ class CellState:
     @property
     def stale(self) -> bool:
         return bool(self.reasons)
+
+    @cached_property
+    def engine(self) -> Path:
+        return Path(self.engine_file)
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,10 @@ class Freshness:
 class Context:
     lock: Lock | None
     lock_dir: Path
-    output: Path
+    output: str
+    """Resolved."""
+    output_in_lock: str
+    """The output folder as the lock names engines in it: `engines/` (`relative_posix`)."""
     installed: str
     gpu: Gpu | None
     stamps: Stamps
@@ -126,10 +140,12 @@ def check(
     force: bool = False,
 ) -> Freshness:
     """Freshness of `cells` (buildable cells of `plan`) against `lock` and the disk."""
+    lock_dir, output = lock_path.parent.resolve(), plan.manifest.output.resolve()
     context = Context(
         lock=lock,
-        lock_dir=lock_path.parent.resolve(),
-        output=plan.manifest.output.resolve(),
+        lock_dir=lock_dir,
+        output=str(output),
+        output_in_lock=relative_posix(output, lock_dir) + "/",
         installed=installed or installed_tensorrt_rtx(),
         gpu=gpu,
         stamps=stamps,
@@ -154,7 +170,7 @@ def resolve_targets(cell: Cell, gpu: Gpu | None, entry: LockEntry | None) -> tup
 def cell_state(plan: Plan, cell: Cell, context: Context) -> CellState:
     entry = context.lock.engines.get(cell.id) if context.lock else None
     facts = plan.facts[cell.model.name]
-    engine = engine_path(plan.manifest, cell, context.output)
+    engine = engine_file(plan.manifest, cell, context.output)
     resolved = resolve_targets(cell, context.gpu, entry)
     digest = None if resolved is None else fingerprint(cell, facts, context.installed, resolved)
     if entry is None or digest is None:
@@ -211,23 +227,28 @@ def weight_notes(cell: Cell, facts: ModelFacts, entry: LockEntry) -> tuple[str, 
     return (WEIGHTS_ONLY,) if cell.weightless and weights_only else ()
 
 
-def engine_reasons(entry: LockEntry, engine: Path, context: Context) -> tuple[str, ...]:
-    locked = os.path.normpath(os.path.join(context.lock_dir, entry.path))
-    if locked != str(engine):
-        return (f"{ENGINE_MOVED} ({entry.path})",)
+def engine_reasons(entry: LockEntry, engine: str, context: Context) -> tuple[str, ...]:
+    # The path the lock writes for this engine, compared as text before any normpath.
+    as_written = context.output_in_lock + engine[len(context.output) + 1 :].replace(os.sep, "/")
+    if entry.path != as_written:
+        locked = os.path.normpath(os.path.join(context.lock_dir, entry.path))
+        if locked != engine:
+            return (f"{ENGINE_MOVED} ({entry.path})",)
     if not context.verify and context.stamps.matches(engine, entry.size, entry.sha256):
         return ()
     return engine_check(entry, engine, context.stamps)
 
 
-def engine_check(entry: LockEntry, engine: Path, stamps: Stamps) -> tuple[str, ...]:
+def engine_check(entry: LockEntry, engine: str, stamps: Stamps) -> tuple[str, ...]:
     """Hash the engine and compare it with the lock; a match refreshes its stamp."""
+    from matrix.atomic import sha256_file  # its tempfile import is for runs that write
+
     stat = file_stat(engine)
     if stat is None:
         return (ENGINE_MISSING,)
     if stat.size != entry.size:
         return (ENGINE_MODIFIED,)
-    sha = sha256_file(engine)
+    sha = sha256_file(Path(engine))
     if sha != entry.sha256:
         return (ENGINE_MODIFIED,)
     stamps.record(engine, sha, stat)
@@ -242,7 +263,7 @@ def as_json(freshness: Freshness) -> dict[str, Any]:
             "stale": state.stale,
             "reasons": list(state.reasons),
             "notes": list(state.notes),
-            "engine": str(state.engine),
+            "engine": state.engine_file,
         }
         for state in freshness.cells
     ]

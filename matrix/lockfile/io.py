@@ -14,7 +14,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from matrix.atomic import write_atomic
 from matrix.errors import InputError, Problem
 from matrix.lockfile.types import (
     LOCK_VERSION,
@@ -50,6 +49,8 @@ def read_lock(path: Path, *, validate: bool = True) -> Lock | None:
 
 def write_lock(path: Path, lock: Lock) -> None:
     """Replace the lock at `path` atomically and durably (temp file, fsync, rename, fsync dir)."""
+    from matrix.atomic import write_atomic  # its tempfile import is for runs that write
+
     write_atomic(path, lock_to_json(lock))
 
 

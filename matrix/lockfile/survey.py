@@ -11,10 +11,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matrix.errors import InputError
 from matrix.file_stat import FileStat, file_stat
-from matrix.gpu import Gpu
 from matrix.lockfile.freshness import CellState, Freshness, check
 from matrix.lockfile.io import read_lock
 from matrix.lockfile.stamps import Stamps
@@ -22,6 +22,9 @@ from matrix.lockfile.types import Lock
 from matrix.plan.load import load_plan
 from matrix.plan.types import Cell, Plan
 from matrix.versions import installed_tensorrt_rtx
+
+if TYPE_CHECKING:  # only named: a no-op run needs no GPU
+    from matrix.gpu import Gpu
 
 
 @dataclass(frozen=True)
