@@ -2,12 +2,16 @@
 
 Generates N tiny real ONNX models × 10 targets (N × 10 cells), builds them all for real once
 (about 0.1 s per cell per core), then times complete `rtx-matrix build` processes that find
-nothing to do. Targets: 1,000 cells in at most 0.3 s wall, 10,000 in at most 2 s.
+nothing to do. Targets (issue 14): 1,000 cells in at most 0.1 s wall, 10,000 in at most 0.6 s.
 
     python bench/bench_noop.py                  # 100 models: 1,000 cells
-    python bench/bench_noop.py --models 1000    # 10,000 cells (first build ~10 min on 2 cores)
+    python bench/bench_noop.py --models 1000    # 10,000 cells (first build ~20 min on 2 cores)
+    python bench/bench_noop.py --baseline ../main-checkout   # old code against this one
 
-The folder is kept between runs (the first build is the slow part); `--fresh` starts over.
+With `--baseline`, runs of the code at that folder and of this checkout alternate on the same
+project (each with a cache folder of its own), so both see the same machine load; both are
+reported as best and median, with their ratio. The folder is kept between runs (the first
+build is the slow part); `--fresh` starts over.
 """
 
 from __future__ import annotations
@@ -49,53 +53,80 @@ def make_project(folder: Path, models: int) -> Path:
     return manifest
 
 
-# As a user runs it: pip compiles the package's bytecode at install, and an editable install
-# caches it on first use. PYTHONDONTWRITEBYTECODE (set in some sandboxes) would instead
-# recompile every module on every run and time the compiler.
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+def environment(code: Path, cache: Path) -> dict[str, str]:
+    """Runs the rtx-matrix at `code` with caches in `cache`. As a user runs it: pip compiles
+    the package's bytecode at install, and an editable install caches it on first use;
+    PYTHONDONTWRITEBYTECODE (set in some sandboxes) would instead recompile every module on
+    every run and time the compiler."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(code), "RTX_MATRIX_CACHE_DIR": str(cache)}
 
 
-def rtx_matrix(*args: str) -> subprocess.CompletedProcess[str]:
+def rtx_matrix(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # Run from the project folder: `python -m` puts the current folder first on sys.path.
     return subprocess.run([sys.executable, "-m", "matrix", *args], capture_output=True,
-                          text=True, check=False, env=ENV)
+                          text=True, check=False, env=env, cwd=cwd)
 
 
-def timed_noop(manifest: Path) -> tuple[float, str]:
+def timed_noop(manifest: Path, env: dict[str, str]) -> tuple[float, str]:
     started = time.perf_counter()
-    result = rtx_matrix("build", str(manifest))
+    result = rtx_matrix(env, manifest.parent, "build", str(manifest))
     elapsed = time.perf_counter() - started
     if result.returncode != 0 or "up to date" not in result.stdout:
         raise SystemExit(f"not a no-op run:\n{result.stdout}{result.stderr}")
     return elapsed, result.stdout.strip()
 
 
+def report(label: str, times: list[float]) -> str:
+    return (f"{label}: best {min(times):.3f} s, median {statistics.median(times):.3f} s, "
+            f"max {max(times):.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=100, help="models (× 10 cells each)")
-    parser.add_argument("--runs", type=int, default=7, help="timed no-op runs")
+    parser.add_argument("--runs", type=int, default=7, help="timed no-op runs (of each)")
     parser.add_argument("--dir", type=Path, help="project folder (default: /tmp/...)")
     parser.add_argument("--fresh", action="store_true", help="regenerate and rebuild")
+    parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare with")
     args = parser.parse_args()
     folder = args.dir or Path(f"/tmp/rtx-matrix-bench-noop-{args.models}")
     if args.fresh and folder.exists():
         shutil.rmtree(folder)
     manifest = make_project(folder, args.models)
+    variants = {"this": environment(ROOT, folder / ".cache-this")}
+    if args.baseline:
+        variants = {"baseline": environment(args.baseline.resolve(), folder / ".cache-baseline"),
+                    **variants}
 
     started = time.perf_counter()
-    first = rtx_matrix("build", "-q", "-k", str(manifest))
+    first = rtx_matrix(variants["this"], folder, "build", "-q", "-k", str(manifest))
     if first.returncode != 0:
         raise SystemExit(f"first build failed:\n{first.stdout}{first.stderr}")
     print(f"first build (or catch-up): {time.perf_counter() - started:.1f} s")
 
-    timed_noop(manifest)  # warm: facts cache, stamps, page cache
-    times = [timed_noop(manifest)[0] for _ in range(args.runs)]
+    for env in variants.values():  # warm: facts and plan caches, stamps, page cache
+        timed_noop(manifest, env)
+        timed_noop(manifest, env)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.runs):
+        for name, env in variants.items():
+            times[name].append(timed_noop(manifest, env)[0])
     cells = args.models * 10
-    print(f"{cells} cells up to date, {args.runs} runs of `rtx-matrix build`: "
-          f"min {min(times):.3f} s, median {statistics.median(times):.3f} s, "
-          f"max {max(times):.3f} s")
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
-    print(f"(python startup alone: {time.perf_counter() - started:.3f} s)")
+    print(f"{cells} cells up to date, {args.runs} runs of `rtx-matrix build` each, alternating; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name, measured in times.items():
+        print("  " + report(name, measured))
+    if args.baseline:
+        old, new = times["baseline"], times["this"]
+        print(f"  this / baseline: best {min(new) / min(old):.2f}, "
+              f"median {statistics.median(new) / statistics.median(old):.2f}")
+    bare = []
+    for _ in range(5):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - started)
+    print(f"(python startup alone: best {min(bare):.3f} s)")
 
 
 if __name__ == "__main__":

@@ -54,11 +54,19 @@ def engine_path(manifest: Manifest, cell: Cell, output: Path | None = None) -> P
 
 def engine_file(manifest: Manifest, cell: Cell, folder: str) -> str:
     """`engine_path` as a string, under the resolved output `folder`."""
-    path = os.path.normpath(os.path.join(folder, cell.model.name, f"{cell.id}.engine"))
+    name = cell.model.name
+    if _plain(name) and _plain(cell.id) and name not in (".", ".."):
+        return f"{folder}{os.sep}{name}{os.sep}{cell.id}.engine"  # normal already
+    path = os.path.normpath(os.path.join(folder, name, f"{cell.id}.engine"))
     if not path.startswith(folder + os.sep):
         message = f"the engine path of {cell.id} would escape the output folder {folder}"
         raise InputError([Problem(str(manifest.path), message)])
     return path
+
+
+def _plain(name: str) -> bool:
+    """A name without a path separator: joined to a resolved folder, nothing to normalize."""
+    return "/" not in name and os.sep not in name and (os.altsep is None or os.altsep not in name)
 
 
 def relative_posix(path: Path, start: Path) -> str:

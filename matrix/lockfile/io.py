@@ -262,9 +262,14 @@ def _str(value: Any) -> str:
 
 
 def _strs(value: Any) -> tuple[str, ...]:
+    if type(value) is list and _ONLY_STR.issuperset(map(type, value)):
+        return tuple(value)  # checked in one C loop: a lock has three lists per entry
     if not isinstance(value, list):
         raise TypeError(f"expected a list, got {value!r}")
     return tuple(_str(v) for v in value)
+
+
+_ONLY_STR = frozenset({str})
 
 
 def _int(value: Any) -> int:
