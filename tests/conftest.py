@@ -53,3 +53,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=f"needs a GPU that TensorRT-RTX supports: {reason}")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def code_not_racy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As if this process began importing rtx-matrix now, its files two seconds older: the
+    pickle caches (`matrix.pickle_cache`) store and read nothing made by racy code."""
+    import time
+
+    from matrix import pickle_cache
+    from matrix.file_stat import RACY_NS
+
+    newest = max(stat.mtime_ns for _, stat in pickle_cache.code_stats())
+    wait = newest + RACY_NS - time.time_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9 + 0.01)
+    monkeypatch.setattr(pickle_cache, "IMPORTED_AT_NS", time.time_ns())
+    pickle_cache.code_as_imported.cache_clear()
+    yield
+    pickle_cache.code_as_imported.cache_clear()

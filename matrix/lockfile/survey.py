@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from matrix.errors import InputError
 from matrix.file_stat import FileStat, file_stat
+from matrix.lockfile import cache as lock_cache
 from matrix.lockfile.freshness import CellState, Freshness, check
 from matrix.lockfile.io import read_lock
 from matrix.lockfile.stamps import Stamps
@@ -98,10 +100,7 @@ def survey(
     lock_path = Path(os.path.abspath(lock_output or plan.manifest.lock_path))
     stamps = Stamps.load(plan.manifest.output.resolve())
     signature = file_stat(lock_path)
-    trusted = signature is not None and stamps.unchanged(lock_path, signature) is not None
-    lock = read_lock(lock_path, validate=not trusted)
-    if lock is not None and signature is not None and not trusted:
-        stamps.record(lock_path, "", signature)  # checked once: later runs skip the schema
+    lock = read_known_lock(lock_path, signature, stamps)
     owned, shard = owned_cells(scope, plan)
     buildable = [cell for cell in chosen if cell.id in owned]
     fresh = check(plan, buildable, lock, lock_path, stamps, gpu=gpu, verify=verify, force=force)
@@ -110,6 +109,25 @@ def survey(
         plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature,
         tuple(chosen),
     )
+
+
+def read_known_lock(path: Path, stat: FileStat | None, stamps: Stamps) -> Lock | None:
+    """The lock at `path`, whose stat was `stat` just before: as this machine parsed it
+    before (`matrix.lockfile.cache`), else read and checked against the schema, unless its
+    stamp says this machine wrote or checked it (then stamped, and remembered, for next time).
+    """
+    if stat is not None:
+        known = lock_cache.load(path, stat)
+        if known is not None:
+            return known
+    read_at = time.time_ns()
+    trusted = stat is not None and stamps.unchanged(path, stat) is not None
+    lock = read_lock(path, validate=not trusted)
+    if lock is not None and stat is not None:
+        if not trusted:
+            stamps.record(path, "", stat)
+        lock_cache.store(path, stat, lock, read_at)
+    return lock
 
 
 def owned_cells(scope: Scope, plan: Plan) -> tuple[set[str], str | None]:

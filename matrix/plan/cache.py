@@ -9,28 +9,21 @@ and manifest schema, so that an edited planner or a new release never serves an 
 A plan is stored only when no source is racy (`matrix.file_stat`): one modified around the
 time it was read is read again next time. A hit re-checks what the file system may change
 behind those stats: the output folder must still stay inside the manifest's folder (a
-symlink can move it), and each model path must still resolve to the same file.
-
-Unpickling runs code, so an entry is read only when this user owns it and nobody else may
-write it.
+symlink can move it), and each model path must still resolve to the same file. How entries
+are kept, and why only the user's own are read: `matrix.pickle_cache`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import io
 import os
-import pickle
 import stat as stat_mode
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from matrix.cache_dir import cache_dir
+from matrix import pickle_cache
 from matrix.file_stat import FileStat, file_stat, is_racy
 from matrix.manifest.output import output_escape
+from matrix.pickle_cache import CodeStats, code_as_imported
 from matrix.plan.types import Plan
 from matrix.versions import installed_tensorrt_rtx
 
@@ -38,8 +31,6 @@ FORMAT = 1
 """Bump when an entry's layout changes (code changes are caught by the code's stats)."""
 KEEP = 200
 """Entries kept, one per manifest: the least recently stored go first."""
-
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Source(NamedTuple):
@@ -63,51 +54,29 @@ class Sources(NamedTuple):
     output: tuple[str, str]
     """The output folder as written and as made absolute, for `output_escape`."""
     tensorrt_rtx: str
-    code: tuple[tuple[str, FileStat], ...]
+    code: CodeStats | None
     models: tuple[Source, ...]
 
 
 def load(manifest_path: Path) -> Plan | None:
     """The plan remembered for the manifest at `manifest_path` when nothing it was made from
     has changed; None otherwise (a missing, foreign or unreadable entry included)."""
-    code_as_imported()  # before `load_plan` imports the rest: see `store`
-    try:
-        with open(entry_path(os.path.abspath(manifest_path)), "rb") as handle:
-            if not _private(os.fstat(handle.fileno())):
-                return None
-            sources = pickle.load(handle)
-            if not isinstance(sources, Sources) or not unchanged(sources):
-                return None
-            plan = pickle.load(handle)
-    except Exception:  # a missing, truncated, foreign or outdated entry is only a miss
-        return None
+    entry = entry_path(os.path.abspath(manifest_path))
+    plan = pickle_cache.load(entry, lambda key: isinstance(key, Sources) and unchanged(key))
     return plan if isinstance(plan, Plan) else None
 
 
 def store(manifest_path: Path, plan: Plan, read_at_ns: int) -> None:
     """Remember `plan`, made from files read from `read_at_ns` (`time.time_ns()`) on, unless
-    one of them is racy. Best effort: a cache we cannot write only costs the next run time."""
+    one of them is racy."""
     sources = sources_of(plan)
     if sources is None or any(is_racy(stat, read_at_ns) for stat in _stats(sources)):
         return
-    if sources.code != code_as_imported():
-        return  # this process runs code older than the files: its plan may be outdated
-    buffer = io.BytesIO()
-    pickle.dump(sources, buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    _PlanPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(plan)
-    entry = entry_path(os.path.abspath(manifest_path))
-    from matrix.atomic import write_atomic
-    from matrix.manifest.valid_cache import prune
-
-    with contextlib.suppress(OSError):
-        write_atomic(entry, buffer.getbuffer(), durable=False)
-        os.chmod(entry, 0o600)  # whatever mode write_atomic gives: see _private
-        prune(entry.parent, KEEP)
+    pickle_cache.store(entry_path(os.path.abspath(manifest_path)), sources, plan, KEEP)
 
 
 def entry_path(manifest: str) -> Path:
-    name = hashlib.sha256(os.fsencode(manifest)).hexdigest()
-    return cache_dir() / "plans" / f"{name}.pickle"
+    return pickle_cache.entry_path("plans", manifest)
 
 
 def sources_of(plan: Plan) -> Sources | None:
@@ -128,7 +97,9 @@ def sources_of(plan: Plan) -> Sources | None:
     if stat is None:
         return None
     output = (manifest.output_rel, str(manifest.output))
-    code = code_stats()
+    code = code_as_imported()
+    if code is None:
+        return None
     return Sources(
         FORMAT,
         str(manifest.path),
@@ -161,31 +132,8 @@ def unchanged(sources: Sources) -> bool:
     return True
 
 
-@functools.cache
-def code_as_imported() -> tuple[tuple[str, FileStat], ...]:
-    """`code_stats()` when this process first asked: `load_plan` asks before importing the
-    loader and the planner, so a later edit of them shows as a difference."""
-    return code_stats()
-
-
-def code_stats() -> tuple[tuple[str, FileStat], ...]:
-    """rtx-matrix's own sources and manifest schema, by path."""
-    from matrix.schemas import schema_path
-
-    found = [(str(path), file_stat(path)) for path in (schema_path("manifest"),)]
-    folders = [_PACKAGE]
-    while folders:
-        with os.scandir(folders.pop()) as entries:
-            for entry in entries:
-                if entry.name.endswith(".py"):
-                    found.append((entry.path, FileStat.of(entry.stat())))
-                elif entry.name != "__pycache__" and entry.is_dir():
-                    folders.append(entry.path)
-    return tuple(sorted((path, stat) for path, stat in found if stat is not None))
-
-
 def _stats(sources: Sources) -> list[FileStat]:
-    stats = [sources.manifest_stat, *(stat for _, stat in sources.code)]
+    stats = [sources.manifest_stat]
     for source in sources.models:
         stats += [source.stat, *(stat for _, stat in source.external)]
     return stats
@@ -227,23 +175,3 @@ def _resolve(path: str, real_folders: dict[str, str]) -> tuple[str, FileStat] | 
         return resolved, FileStat.of(os.stat(resolved))
     except OSError:
         return None
-
-
-def _private(stat: os.stat_result) -> bool:
-    """Owned by this user and writable by nobody else (Windows: the user's own profile)."""
-    if not hasattr(os, "getuid"):
-        return True
-    return stat.st_uid == os.getuid() and not stat.st_mode & 0o022
-
-
-def _mapping_proxy(data: dict[str, Any]) -> MappingProxyType[str, Any]:
-    return MappingProxyType(data)
-
-
-class _PlanPickler(pickle.Pickler):
-    """`MappingProxyType` (the manifest's YAML locations) pickles as the dict it wraps."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is MappingProxyType:
-            return _mapping_proxy, (dict(obj),)
-        return NotImplemented

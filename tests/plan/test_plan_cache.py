@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from matrix import pickle_cache
 from matrix.errors import InputError
-from matrix.file_stat import RACY_NS
 from matrix.plan import cache
 from matrix.plan.load import load_plan
 from matrix.versions import VERSION_OVERRIDE, installed_tensorrt_rtx
@@ -31,13 +31,7 @@ models:
 AGE_NS = 10 * 10**9
 
 
-@pytest.fixture(autouse=True)
-def code_not_racy() -> None:
-    """rtx-matrix's own files, fresh from a checkout, are racy for two seconds: none is stored."""
-    newest = max(stat.mtime_ns for _, stat in cache.code_stats())
-    wait = newest + RACY_NS - time.time_ns()
-    if wait > 0:
-        time.sleep(wait / 1e9 + 0.01)
+pytestmark = pytest.mark.usefixtures("code_not_racy")
 
 
 @pytest.fixture
@@ -194,30 +188,40 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (folder / "plan").mkdir(parents=True)
     (folder / "plan" / "rules.py").write_text("RULES = 1\n")
     age(folder / "plan" / "rules.py")
-    monkeypatch.setattr(cache, "_PACKAGE", str(folder))
+    monkeypatch.setattr(pickle_cache, "_PACKAGE", str(folder))
     cache.code_as_imported.cache_clear()
     yield folder
     monkeypatch.undo()
     cache.code_as_imported.cache_clear()
 
 
-def test_edited_code_is_seen(project: Path, package: Path) -> None:
+def test_edited_code_is_seen(project: Path, package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     load_plan(project)
     assert cache.load(project) is not None
     (package / "plan" / "rules.py").write_text("RULES = 2\n")
-    assert cache.load(project) is not None  # this process still runs the code it imported ...
-    cache.code_as_imported.cache_clear()  # ... a new one would import the edit
+    assert cache.load(project) is not None  # this process still runs the code it imported
+    monkeypatch.setattr(pickle_cache, "IMPORTED_AT_NS", time.time_ns() + 3 * 10**9)
+    pickle_cache.code_as_imported.cache_clear()  # a process started after the edit
     assert cache.load(project) is None
     load_plan(project)
-    assert cache.load(project) is None  # the edit is racy
+    assert cache.load(project) is not None
 
 
 def test_a_process_older_than_its_code_stores_nothing(project: Path, package: Path) -> None:
-    cache.load(project)  # this process takes note of the code it runs
+    cache.load(project)
+    (package / "plan" / "rules.py").write_text("RULES = 2\n")  # after this process began
+    pickle_cache.code_as_imported.cache_clear()
+    load_plan(project)
+    assert cache.load(project) is None
+    assert not (project.parent / "cache" / "plans").exists()
+
+
+def test_code_changed_while_planning_stores_nothing(project: Path, package: Path) -> None:
+    """Its planner may be the edited one, imported after the edit: no key would tell."""
+    cache.load(project)  # this process takes note of its code
     (package / "plan" / "rules.py").write_text("RULES = 2\n")
-    age(package / "plan" / "rules.py")
-    load_plan(project)  # planned by the code imported before the edit
-    cache.code_as_imported.cache_clear()
+    age(package / "plan" / "rules.py")  # however old the edit looks
+    load_plan(project)
     assert cache.load(project) is None
 
 
