@@ -77,6 +77,11 @@ class LockBook:
         self._mutex = threading.Lock()
         self._cache: EntryCache = {}
         self._next_write = 0.0
+        # Imported here, not at the top (a no-op run imports this module for `lock_header`)
+        # nor in `_write`, where it would count as a slow write and delay the next one.
+        from matrix.atomic import write_atomic
+
+        self._write_atomic = write_atomic
 
     def snapshot(self) -> Lock:
         return replace(self.header, engines=MappingProxyType(dict(self.entries)))
@@ -105,9 +110,7 @@ class LockBook:
         text = lock_to_json(self.snapshot(), self._cache)
         if text == self._on_disk:
             return
-        from matrix.atomic import write_atomic  # a no-op run imports this module, not that
-
-        write_atomic(self.path, text)
+        self._write_atomic(self.path, text)
         self._on_disk = text
         self.stamps.record(self.path, "")
         finished = time.monotonic()
