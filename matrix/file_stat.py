@@ -1,19 +1,20 @@
 """What stat() said about a file, and when that may stand for the file's content.
 
-Four places trust a file by its stat instead of reading it:
+Several records trust a file by its stat instead of reading it (docs/caches.md):
 - the stamps (`matrix.lockfile.stamps`): engines and the lock, with the sha256 they had;
 - the facts cache (`matrix.facts.cache`): ONNX models and their external data;
-- the plan cache (`matrix.plan.cache`): the manifest, its models and rtx-matrix's own code;
+- the plan and lock caches (`matrix.plan.cache`, `matrix.lockfile.cache`): the manifest, its
+  models, the lockfile and rtx-matrix's own code;
 - the survey's view of the lock (`matrix.lockfile.survey`): did a build rewrite it since?
 
 The racy rule (git's "racily clean" index entries): a file can change again within the same
 tick of its filesystem's clock (2 s on FAT) without its size or mtime moving. So a stat taken
 less than RACY_NS after the file's mtime cannot vouch for what was read: such a record is
-kept but marked racy, and the file is checked by its content (or read again) until a later
-run records it once it has aged. Two records skip the rule, on purpose: the stamp of a file
-this run wrote and hashed itself (an engine, the lock), trusted at once like make would
-(`--verify` hashes every engine), and the survey's view of the lock, compared within one run
-and always moved by a build, since every lock write renames a new inode into place.
+marked racy and its file checked by content, or not kept, until a later run records it once
+it has aged. Two records skip the rule, on purpose: a stamp, trusted as soon as it is
+recorded like make would (`--verify` hashes every engine), and the survey's view of the
+lock, compared within one run and always moved by a build, since every lock write renames a
+new inode into place.
 """
 
 from __future__ import annotations

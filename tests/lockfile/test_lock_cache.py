@@ -110,7 +110,6 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setattr(pickle_cache, "_PACKAGE", str(folder))
     pickle_cache.code_as_imported.cache_clear()
     yield folder
-    monkeypatch.undo()
     pickle_cache.code_as_imported.cache_clear()
 
 

@@ -189,10 +189,9 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (folder / "plan" / "rules.py").write_text("RULES = 1\n")
     age(folder / "plan" / "rules.py")
     monkeypatch.setattr(pickle_cache, "_PACKAGE", str(folder))
-    cache.code_as_imported.cache_clear()
+    pickle_cache.code_as_imported.cache_clear()
     yield folder
-    monkeypatch.undo()
-    cache.code_as_imported.cache_clear()
+    pickle_cache.code_as_imported.cache_clear()
 
 
 def test_edited_code_is_seen(project: Path, package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
