@@ -229,10 +229,12 @@ def model_changed(cell: Cell, facts: ModelFacts, entry: LockEntry) -> bool:
 
 
 def weight_notes(cell: Cell, facts: ModelFacts, entry: LockEntry) -> tuple[str, ...]:
+    if not cell.weightless:
+        return ()
     weights_only = not model_changed(cell, facts, entry) and (
         entry.model.weights_digest != facts.weights_digest
     )
-    return (WEIGHTS_ONLY,) if cell.weightless and weights_only else ()
+    return (WEIGHTS_ONLY,) if weights_only else ()
 
 
 def engine_reasons(entry: LockEntry, engine: str, context: Context) -> tuple[str, ...]:
