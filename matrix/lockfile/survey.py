@@ -1,7 +1,8 @@
 """Where a manifest stands: its plan, its lock, and which chosen cells are stale and why.
 
 The read-only front half shared by `build`, `build --dry-run/--check` and `status`: it reads
-the manifest, the facts cache, the lock and the stamps, and writes nothing.
+the manifest, the facts cache, the lock and the stamps, and writes nothing in the project,
+only the caches of rtx-matrix's cache folder (docs/caches.md).
 """
 
 from __future__ import annotations
