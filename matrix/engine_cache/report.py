@@ -40,7 +40,8 @@ def cell_entries(
     as a fetch would (nothing is written)."""
     lock_dir = survey.lock_path.parent.resolve()
     known = [state for state in cells if state.fingerprint]
-    found = session.lookup(survey.plan, known, survey.lock, lock_dir, check_engines=True)
+    found = session.lookup(survey.plan, known, survey.lock, lock_dir, check_engines=True,
+                           gpu=survey.gpu)
     by_id = {result.state.cell.id: result for result in found}
     entries = []
     for state in cells:

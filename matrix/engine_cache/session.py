@@ -29,6 +29,7 @@ from matrix.versions import installed_tensorrt_rtx
 if TYPE_CHECKING:
     from matrix.build.messages import ProgressEvent
     from matrix.engine_cache.record import Record
+    from matrix.gpu import Gpu
     from matrix.lockfile.book import LockBook
     from matrix.plan.types import Plan
 
@@ -117,15 +118,18 @@ class CacheSession:
         lock: Lock | None,
         lock_dir: Path,
         check_engines: bool = False,
+        gpu: Gpu | None = None,
     ) -> list[Found | Missing]:
         """What the cache holds for each of `states`, in order. `check_engines` also asks
-        the store whether each named engine is there with its size (`cache status`)."""
+        the store whether each named engine is there with its size (`cache status`). `gpu`:
+        this host's, which `current` cells' engines must have been built on (freshness
+        rebuilds them for another GPU, even of the same CC)."""
 
         def one(state: CellState) -> Found | Missing:
             if self.broken:
                 return Missing(state, "the cache is unavailable")
             try:
-                return self._lookup(plan, state, lock, lock_dir, check_engines)
+                return self._lookup(plan, state, lock, lock_dir, check_engines, gpu)
             except CacheUnavailable as error:
                 self.give_up(error)
                 return Missing(state, "the cache is unavailable")
@@ -142,17 +146,24 @@ class CacheSession:
         lock: Lock | None,
         lock_dir: Path,
         check_engines: bool,
+        gpu: Gpu | None,
     ) -> Found | Missing:
         from matrix.plan.planner import expected_mask
 
         key = state.fingerprint
         if key is None:
             return Missing(state, "its key needs the GPU it was built for")
+        wanted_gpu = gpu.name if gpu is not None and state.cell.target.current else None
         locked = lock.engines.get(state.cell.id) if lock else None
-        if locked is not None and locked.fingerprint != key:
+        if locked is not None and (locked.fingerprint != key or
+                                   wanted_gpu not in (None, locked.gpu)):
             locked = None
         mask = expected_mask(state.cell)
         record, problem = self._record(key, mask)
+        if record is not None and wanted_gpu is not None:
+            built_on = record.entry.get("gpu")
+            if built_on != wanted_gpu:
+                record, problem = None, f"built on {built_on}, this is {wanted_gpu}"
         # The lock names an engine for this very key: that one, so the lock stays as it is.
         other = locked is not None and (record is None or record.sha256 != locked.sha256)
         if other and locked and self.store.engine_size(locked.sha256) == locked.size:

@@ -42,8 +42,10 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "ab
 TEMP_MARK = ".tmp-"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}
-"""Botocore's defaults wait ~60 s per try and retry 4 times: an unreachable endpoint must
-cost a build seconds, not minutes."""
+S3FS_RETRIES = 2
+"""Botocore's defaults wait ~60 s per try and retry 4 times, and s3fs tries each call 5
+times over (its class attribute `retries`): an unreachable endpoint must cost a build a
+second or two, not minutes."""
 
 
 class CacheUnavailable(Exception):
@@ -111,9 +113,10 @@ class EngineStore:
             return None
 
     def touch(self, *paths: str) -> None:
-        """Mark as just used, for `gc`'s least-recently-used order (folders only; never
-        creates a file that gc removed meanwhile)."""
-        if not self.is_folder:
+        """Mark as just used, for `gc`'s least-recently-used order (folders this run may
+        write to only: a read-only cache is not touched; never creates a file that gc
+        removed meanwhile)."""
+        if not self.is_folder or not self.spec.push:
             return
         for path in paths:
             with contextlib.suppress(OSError):
@@ -223,6 +226,8 @@ def _open(url: str, proto: str, shown: str) -> tuple[Any, str]:
         options["config_kwargs"] = _S3_TIMEOUTS
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
+        if "config_kwargs" in options:
+            fs.retries = S3FS_RETRIES
     except ImportError as error:
         extra = EXTRAS.get(proto)
         hint = f" (pip install 'rtx-matrix[{extra}]')" if extra else ""

@@ -52,7 +52,7 @@ class CacheUse:
             s for s in state.freshness.stale if s.fingerprint and FORCED not in s.reasons
         ]
         lock_dir = state.lock_path.parent.resolve()
-        for result in session.lookup(state.plan, wanted, state.lock, lock_dir):
+        for result in session.lookup(state.plan, wanted, state.lock, lock_dir, gpu=state.gpu):
             cell_id = result.state.cell.id
             if isinstance(result, Found):
                 use.found[cell_id] = result
