@@ -244,9 +244,10 @@ class CacheSession:
             try:
                 if self.broken:
                     raise CacheUnavailable("the cache is unavailable")
-                before = None if book is None else self._before_replace(book, item)
+                named = book is not None and book.entries.get(cell_id) is item.entry
+                before = None if book is None or named else self._before_replace(book, item)
                 download(self.store, item.wanted, engine, progress(cell_id, item.wanted.size),
-                         cancel, before)
+                         cancel, before, durable_name=not named)
             except Rejected as error:
                 self.warn(f"{cell_id}: cache entry rejected: {error}")
                 return None
@@ -303,8 +304,7 @@ class CacheSession:
     def _before_replace(book: LockBook, item: Found) -> Callable[[], None] | None:
         """A cell getting another engine than its lock entry names leaves the lock before
         its engine file is replaced, as a build's does."""
-        current = book.entries.get(item.state.cell.id)
-        if current is None or current is item.entry:
+        if item.state.cell.id not in book.entries:
             return None
         return lambda: book.drop([item.state.cell.id])
 

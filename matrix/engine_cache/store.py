@@ -182,7 +182,7 @@ class EngineStore:
 
 
 class Reader(Protocol):
-    def read(self, size: int) -> bytes: ...
+    def readinto(self, buffer: memoryview) -> int: ...
 
 
 class _Guarded:
@@ -192,9 +192,10 @@ class _Guarded:
         self.handle = handle
         self.store = store
 
-    def read(self, size: int) -> bytes:
+    def readinto(self, buffer: memoryview) -> int:
         with self.store._talking():
-            return bytes(self.handle.read(size))
+            count = self.handle.readinto(buffer)  # type: ignore[attr-defined]
+        return int(count or 0)
 
 
 def temp_name(target: str) -> str:

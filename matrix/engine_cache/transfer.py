@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.atomic import make_durable
+from matrix.atomic import fsync_folder
 from matrix.build.engine_header import HEADER_SIZE, describe_mask, read_header, version_tuple
 from matrix.build.temp_files import temp_path
 from matrix.engine_cache.store import EngineStore
@@ -58,10 +58,16 @@ def download(
     on_bytes: Progress | None = None,
     cancel: threading.Event | None = None,
     before_replace: Callable[[], None] | None = None,
+    durable_name: bool = True,
 ) -> None:
     """Fetch engine `wanted.sha256` onto `engine`, checked first; Rejected when it does not
     check out, CacheUnavailable when the store fails. `engine` None: check only.
-    `before_replace` runs once the engine checked out, just before it takes its name."""
+    `before_replace` runs once the engine checked out, just before it takes its name.
+
+    The bytes are always fsynced before the engine takes its name (the stamps will vouch
+    for them). The name itself is made durable only with `durable_name`, for an engine a
+    lock write is about to name: where the lock names it already, a name lost to a power
+    cut only means the engine is missing again."""
     if engine is None:
         with open(os.devnull, "wb") as sink:
             _receive(store, wanted, sink.fileno(), on_bytes, cancel)
@@ -71,7 +77,7 @@ def download(
         _receive(store, wanted, out.fd, on_bytes, cancel)
         if before_replace is not None:
             before_replace()
-        out.commit()
+        out.commit(durable_name)
 
 
 def _receive(
@@ -85,15 +91,17 @@ def _receive(
     head = b""
     done = 0
     reported = 0.0
+    buffer = memoryview(bytearray(CHUNK))  # reused: a fresh 4 MiB object per read costs more
     with store.open_engine(wanted.sha256, CHUNK) as source:
-        while chunk := source.read(CHUNK):
+        while count := source.readinto(buffer):
             if cancel is not None and cancel.is_set():
                 raise Cancelled
-            done += len(chunk)
+            done += count
             if done > wanted.size:
                 raise Rejected(f"the engine is longer than the {wanted.size} bytes recorded")
+            chunk = buffer[:count]
             if len(head) < HEADER_SIZE:
-                head += chunk[: HEADER_SIZE - len(head)]
+                head += bytes(chunk[: HEADER_SIZE - len(head)])
             digest.update(chunk)
             _write_all(fd, chunk)
             now = time.monotonic()
@@ -123,8 +131,7 @@ def check_header(head: bytes, wanted: Wanted) -> None:
                        f"{' '.join(describe_mask(wanted.header_mask))}")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view):]
 
@@ -145,7 +152,7 @@ class _Unnamed:
     def __enter__(self) -> _Unnamed:
         return self
 
-    def commit(self) -> None:
+    def commit(self, durable_name: bool) -> None:
         os.fsync(self.fd)
         if self.named is None:
             self.named = temp_path(self.engine)
@@ -154,7 +161,8 @@ class _Unnamed:
             _link(self.fd, self.named)
         os.replace(self.named, self.engine)
         self.named = None
-        make_durable(self.engine)
+        if durable_name:
+            fsync_folder(self.engine.parent)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
