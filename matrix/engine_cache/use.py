@@ -44,13 +44,13 @@ class CacheUse:
     ) -> CacheUse:
         from matrix.engine_cache.session import Missing
 
-        session = open_session(spec, display.warn)
-        if session is None:
-            return cls(None, fetch_only=fetch_only)
-        use = cls(session, fetch_only=fetch_only)
         wanted = [
             s for s in state.freshness.stale if s.fingerprint and FORCED not in s.reasons
         ]
+        session = open_session(spec, display.warn) if wanted or not fetch_only else None
+        if session is None:
+            return cls(None, fetch_only=fetch_only)
+        use = cls(session, fetch_only=fetch_only)
         lock_dir = state.lock_path.parent.resolve()
         for result in session.lookup(state.plan, wanted, state.lock, lock_dir, gpu=state.gpu):
             cell_id = result.state.cell.id
