@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from matrix.engine_cache.session import CacheSession, Found
+from matrix.engine_cache.session import NOT_IN_CACHE, CacheSession, Found
 from matrix.engine_cache.store import CacheUnavailable
 from matrix.engine_cache.transfer import Rejected, download
 from matrix.lockfile.freshness import CellState
@@ -53,8 +53,9 @@ def cell_entries(
         elif session.broken:
             entries.append(CellEntry(state.cell.id, UNKNOWN, detail=result.reason))
         else:
+            detail = "" if result.reason == NOT_IN_CACHE else result.reason
             entries.append(CellEntry(state.cell.id, INVALID if result.invalid else MISSING,
-                                     detail=result.reason if result.invalid else ""))
+                                     detail=detail))
     return entries
 
 
@@ -111,5 +112,5 @@ def short_text(entry: CellEntry) -> str:
     if entry.state == PRESENT:
         return f"in the cache ({size_text(entry.size or 0)})"
     if entry.state == MISSING:
-        return "not in the cache"
+        return f"not in the cache: {entry.detail}" if entry.detail else "not in the cache"
     return f"cache: {entry.state}: {entry.detail}"

@@ -162,8 +162,8 @@ class CacheSession:
         record, problem = self._record(key, mask)
         if record is not None and wanted_gpu is not None:
             built_on = record.entry.get("gpu")
-            if built_on != wanted_gpu:
-                record, problem = None, f"built on {built_on}, this is {wanted_gpu}"
+            if built_on != wanted_gpu:  # a whole entry, for another GPU: a miss, not a fault
+                return Missing(state, f"built on the {built_on}, this is the {wanted_gpu}")
         # The lock names an engine for this very key: that one, so the lock stays as it is.
         other = locked is not None and (record is None or record.sha256 != locked.sha256)
         if other and locked and self.store.engine_size(locked.sha256) == locked.size:
