@@ -13,7 +13,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -217,69 +217,27 @@ class CacheSession:
     def fetch(
         self,
         found: Sequence[Found],
-        book: LockBook | None,
+        book: LockBook,
         on_event: Callable[[ProgressEvent], None],
         on_fetched: Callable[[Fetched], None],
     ) -> list[Found]:
-        """Download every found engine into place and into the lock (`book`; None: check
-        only, nothing written). Runs in the calling thread's control: Ctrl-C there cancels
-        the downloads. Returns the cells that could not be fetched (each with a warning)."""
-        from matrix.build.messages import ProgressEvent
-
+        """Download every found engine into place and into the lock (`book`), a few at a
+        time; progress and outcomes are reported in the calling thread, where Ctrl-C
+        cancels the downloads. Returns the cells that could not be fetched (each with a
+        warning)."""
         if not found:
             return []
-        messages: queue.Queue[tuple[str, Any]] = queue.Queue()
-        cancel = threading.Event()
-
-        def progress(cell_id: str, total: int) -> Callable[[int], None]:
-            return lambda done: messages.put(
-                ("event", ProgressEvent(cell_id, "download", step=done, steps=total))
-            )
-
-        def one(item: Found) -> Fetched | None:
-            started = time.monotonic()
-            cell_id = item.state.cell.id
-            messages.put(("event", ProgressEvent(cell_id, "start")))
-            engine = item.state.engine if book is not None else None
-            try:
-                if self.broken:
-                    raise CacheUnavailable("the cache is unavailable")
-                named = book is not None and book.entries.get(cell_id) is item.entry
-                before = None if book is None or named else self._before_replace(book, item)
-                download(self.store, item.wanted, engine, progress(cell_id, item.wanted.size),
-                         cancel, before, durable_name=not named)
-            except Rejected as error:
-                self.warn(f"{cell_id}: cache entry rejected: {error}")
-                return None
-            except CacheUnavailable as error:
-                self.give_up(error)
-                return None
-            except FileNotFoundError:
-                self.warn(f"{cell_id}: cache entry rejected: its record names an engine the "
-                          "cache does not have")
-                return None
-            except OSError as error:
-                self.warn(f"{cell_id}: cannot write the engine from the cache: "
-                          f"{describe(error)}")
-                return None
-            finally:
-                messages.put(("event", ProgressEvent(cell_id, "end")))
-            if engine is not None:
-                write_log(item, self.store.url)
-            self.store.touch(self.store.record_path(item.entry.fingerprint),
-                             self.store.engine_path(item.wanted.sha256))
-            return Fetched(cell_id, item.entry, item.state.engine, time.monotonic() - started)
-
+        fetch = _Fetch(self, book)
         left: list[Found] = []
         pool = concurrent.futures.ThreadPoolExecutor(min(FETCH_THREADS, len(found)))
         try:
-            futures = {pool.submit(one, item): item for item in found}
+            futures = {pool.submit(fetch.one, item): item for item in found}
             for future in futures:
-                future.add_done_callback(lambda f: messages.put(("done", f)))
+                future.add_done_callback(lambda done: fetch.messages.put(("done", done)))
             waiting = len(futures)
             while waiting:
                 try:
-                    kind, payload = messages.get(timeout=0.1)
+                    kind, payload = fetch.messages.get(timeout=0.1)
                 except queue.Empty:
                     continue  # wake up now and then so Ctrl-C is handled promptly
                 if kind == "event":
@@ -290,23 +248,14 @@ class CacheSession:
                 if fetched is None:
                     left.append(futures[payload])
                     continue
-                if book is not None:
-                    book.add(fetched.cell_id, fetched.entry, fetched.engine)
+                book.add(fetched.cell_id, fetched.entry, fetched.engine)
                 on_fetched(fetched)
         except BaseException:
-            cancel.set()
+            fetch.cancel.set()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return left
-
-    @staticmethod
-    def _before_replace(book: LockBook, item: Found) -> Callable[[], None] | None:
-        """A cell getting another engine than its lock entry names leaves the lock before
-        its engine file is replaced, as a build's does."""
-        if item.state.cell.id not in book.entries:
-            return None
-        return lambda: book.drop([item.state.cell.id])
 
     # -------------------------------------------------------------------------------- push
 
@@ -367,6 +316,67 @@ class Pusher:
         return self.report
 
 
+class _Fetch:
+    """One fetch phase: what its download threads share, and one engine's download."""
+
+    def __init__(self, session: CacheSession, book: LockBook) -> None:
+        self.session = session
+        self.book = book
+        self.messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+        """("event", ProgressEvent) and ("done", future), for the calling thread."""
+        self.cancel = threading.Event()
+
+    def one(self, item: Found) -> Fetched | None:
+        """Fetch one engine; None (after a warning) when it cannot be used."""
+        from matrix.build.messages import ProgressEvent
+
+        session, cell_id = self.session, item.state.cell.id
+        started = time.monotonic()
+        self.messages.put(("event", ProgressEvent(cell_id, "start")))
+        # Where the lock names this very engine already, no lock write will name it anew.
+        named = self.book.entries.get(cell_id) is item.entry
+        try:
+            if session.broken:
+                raise CacheUnavailable("the cache is unavailable")
+            download(session.store, item.wanted, item.state.engine, self._progress(item),
+                     self.cancel, None if named else self._leave_lock(cell_id),
+                     durable_name=not named)
+        except Rejected as error:
+            return self._refused(cell_id, f"cache entry rejected: {error}")
+        except CacheUnavailable as error:
+            session.give_up(error)
+            return None
+        except FileNotFoundError:
+            return self._refused(cell_id, "cache entry rejected: its record names an engine "
+                                          "the cache does not have")
+        except OSError as error:
+            return self._refused(cell_id, f"cannot write the engine from the cache: "
+                                          f"{describe(error)}")
+        finally:
+            self.messages.put(("event", ProgressEvent(cell_id, "end")))
+        write_log(item, session.store.url)
+        session.store.touch(session.store.record_path(item.entry.fingerprint),
+                            session.store.engine_path(item.wanted.sha256))
+        return Fetched(cell_id, item.entry, item.state.engine, time.monotonic() - started)
+
+    def _progress(self, item: Found) -> Callable[[int], None]:
+        from matrix.build.messages import ProgressEvent
+
+        cell_id, total = item.state.cell.id, item.wanted.size
+        return lambda done: self.messages.put(
+            ("event", ProgressEvent(cell_id, "download", step=done, steps=total))
+        )
+
+    def _leave_lock(self, cell_id: str) -> Callable[[], None]:
+        """A cell getting another engine than its lock entry names leaves the lock before
+        its engine file is replaced, as a build's does."""
+        return lambda: self.book.drop([cell_id])
+
+    def _refused(self, cell_id: str, why: str) -> Fetched | None:
+        self.session.warn(f"{cell_id}: {why}")
+        return None
+
+
 def fetched_entry(plan: Plan, state: CellState, record: Record, lock_dir: Path,
                   source: str) -> LockEntry:
     """This lock's entry for an engine built elsewhere: the engine's facts from its record,
@@ -409,7 +419,3 @@ def read_log(engine: Path) -> str:
         return engine.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-
-
-def ids(states: Iterable[CellState]) -> list[str]:
-    return [state.cell.id for state in states]
