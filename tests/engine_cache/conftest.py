@@ -169,11 +169,10 @@ def project(tmp_path: Path) -> Project:
 
 
 @pytest.fixture(autouse=True)
-def no_cache_from_outside(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Only what a test sets: no RTX_MATRIX_CACHE of the machine running the tests."""
-    monkeypatch.delenv("RTX_MATRIX_CACHE", raising=False)
-    monkeypatch.delenv("RTX_MATRIX_CACHE_PUSH", raising=False)
-    monkeypatch.setenv("RTX_MATRIX_CACHE_DIR", str(tmp_path / "facts"))
+def no_cache_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what a test sets: no engine cache or AWS profile of the machine running them."""
+    for name in ("RTX_MATRIX_CACHE", "RTX_MATRIX_CACHE_PUSH", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def cache_files(root: Path) -> dict[str, tuple[int, int]]:

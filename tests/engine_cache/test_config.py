@@ -91,7 +91,7 @@ def test_manifest_cache_with_credentials_is_refused_with_its_line(
 
 
 def test_the_cache_key_changes_no_fingerprint(tmp_path: Path) -> None:
-    from matrix.lockfile.fingerprint import plan_stamp
+    from matrix.lockfile.fingerprint import plan_identity
     from matrix.plan.load import load_plan
     from tests import modelgen
 
@@ -99,6 +99,6 @@ def test_the_cache_key_changes_no_fingerprint(tmp_path: Path) -> None:
     manifest = tmp_path / "m.yaml"
     models = "models:\n  - {name: m, onnx: m.onnx, targets: [sm86]}\n"
     manifest.write_text(f"version: 1\n{models}")
-    without = plan_stamp(load_plan(manifest), "1.7.1.116")
+    without = plan_identity(load_plan(manifest), "1.7.1.116")
     manifest.write_text(f"version: 1\ncache: {{url: s3://b/p}}\n{models}")
-    assert plan_stamp(load_plan(manifest), "1.7.1.116") == without
+    assert plan_identity(load_plan(manifest), "1.7.1.116") == without

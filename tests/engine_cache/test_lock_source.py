@@ -9,7 +9,7 @@ from pathlib import Path
 
 from matrix.lockfile.io import lock_from_json, lock_to_json, read_lock
 from matrix.lockfile.merge import merge_files
-from tests.lockfile.test_lockmerge import entry, shard_lock, write
+from tests.lockfile.test_merge import entry, shard_lock, write
 
 
 def test_source_is_written_read_and_checked_by_the_schema(tmp_path: Path) -> None:
