@@ -435,3 +435,26 @@ def test_no_cache_configured_is_a_clear_error(project: Project, capsys: Any) -> 
         "error: no engine cache: give --cache URL, set RTX_MATRIX_CACHE, or add "
         "'cache: {url: ...}' to the manifest\n"
     )
+
+
+def test_pushes_killed_at_any_moment_leave_no_half_entry(
+    project: Project, tmp_path: Path, capsys: Any
+) -> None:
+    """`cache push` killed with -9 at staggered moments: whatever made it into the cache
+    checks out, the rest is missing, and nothing but temporaries is left half-written."""
+    cache = tmp_path / "cache"
+    assert project.run("build", "-j2") == 0
+    capsys.readouterr()
+    push = [sys.executable, "-m", "matrix", "cache", "push", str(project.manifest),
+            "--cache", str(cache)]
+    for delay in (0.3, 0.6, 0.9, 1.2):
+        process = subprocess.Popen(push, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.kill()
+        process.wait(timeout=30)
+        assert project.run("cache", "status", "--verify", "--json", "--cache", str(cache)) == 0
+        states = {c["id"]: c["state"] for c in json.loads(capsys.readouterr().out)["cells"]}
+        assert set(states.values()) <= {"present", "missing"}, (delay, states)
+        named = [p for p in cache.rglob("*") if p.is_file() and ".tmp-" not in p.name]
+        for path in named:
+            assert path.suffix in (".engine", ".json"), path
