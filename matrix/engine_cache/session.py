@@ -160,17 +160,18 @@ class CacheSession:
             locked = None
         mask = expected_mask(state.cell)
         record, problem = self._record(key, mask)
-        if record is not None and wanted_gpu is not None:
-            built_on = record.entry.get("gpu")
-            if built_on != wanted_gpu:  # a whole entry, for another GPU: a miss, not a fault
-                return Missing(state, f"built on the {built_on}, this is the {wanted_gpu}")
+        invalid = problem is not None
+        if record is not None and wanted_gpu not in (None, record.entry.get("gpu")):
+            # A whole entry, for another GPU: a miss, not a fault.
+            problem = f"built on the {record.entry.get('gpu')}, this is the {wanted_gpu}"
+            record = None
         # The lock names an engine for this very key: that one, so the lock stays as it is.
         other = locked is not None and (record is None or record.sha256 != locked.sha256)
         if other and locked and self.store.engine_size(locked.sha256) == locked.size:
             wanted = self._wanted(locked.sha256, locked.size, mask, locked.header_mask)
             return Found(state, wanted, locked, None)
         if record is None:
-            return Missing(state, problem or NOT_IN_CACHE, invalid=problem is not None)
+            return Missing(state, problem or NOT_IN_CACHE, invalid=invalid)
         if check_engines:
             size = self.store.engine_size(record.sha256)
             if size != record.size:

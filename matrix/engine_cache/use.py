@@ -42,8 +42,6 @@ class CacheUse:
     def look_up(
         cls, spec: CacheSpec, state: Survey, display: Display, fetch_only: bool = False
     ) -> CacheUse:
-        from matrix.engine_cache.session import Missing
-
         wanted = [
             s for s in state.freshness.stale if s.fingerprint and FORCED not in s.reasons
         ]
@@ -58,7 +56,7 @@ class CacheUse:
                 use.found[cell_id] = result
                 continue
             use.misses[cell_id] = result.reason
-            if isinstance(result, Missing) and result.invalid:
+            if result.invalid:
                 display.warn(f"{cell_id}: cache entry rejected: {result.reason}")
         if wanted and not session.broken:
             display.note(f"cache {session.store.url}: {len(use.found)} of {len(wanted)} "
