@@ -91,6 +91,7 @@ def test_cells_new_to_the_lock_come_with_the_builders_facts(
         assert (mine.sha256, mine.size, mine.header_mask, mine.build_seconds, mine.fingerprint) \
             == (theirs.sha256, theirs.size, theirs.header_mask, theirs.build_seconds,
                 theirs.fingerprint)
+        assert mine.io and (mine.io, mine.weights_bytes) == (theirs.io, theirs.weights_bytes)
         assert sha256(clone.engine(cell)) == mine.sha256
     assert clone.run("status", "--check", "--verify") == 0
 

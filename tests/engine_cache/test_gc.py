@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from matrix.build.progress import size_text
 from matrix.cli import main
 from matrix.engine_cache.gc import GRACE, collect_garbage
 from matrix.engine_cache.record import record_of
@@ -90,8 +91,11 @@ def test_gc_refuses_object_stores() -> None:
 def test_the_command(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     store = EngineStore(CacheSpec(str(tmp_path / "cache")))
-    put(store, "a", 20_000, 100)
+    record, engine = put(store, "a", 20_000, 100)
     assert main(["cache", "gc", "--max-size", "1MB", "--cache", "cache"]) == 0
-    assert capsys.readouterr().out == "removed 0 entries (0 B); 1 entries left (21.2 kB)\n"
+    size = size_text(record.stat().st_size + engine.stat().st_size)
+    assert capsys.readouterr().out == f"removed 0 entries (0 B); 1 entries left ({size})\n"
+    assert main(["cache", "gc", "--max-size", "1kB", "--cache", "cache"]) == 0
+    assert capsys.readouterr().out == f"removed 1 entries ({size}); 0 entries left (0 B)\n"
     assert main(["cache", "gc", "--max-size", "lots", "--cache", "cache"]) == 2
     assert "--max-size 'lots' is not a size" in capsys.readouterr().err
