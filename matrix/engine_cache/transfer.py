@@ -119,6 +119,8 @@ def _receive(
 
 
 def check_header(head: bytes, wanted: Wanted) -> None:
+    """The header's library version and CC mask (docs/tensorrt-rtx.md, "The engine header")
+    must be this library's and the cell's, as a build's must."""
     try:
         header = read_header(head)
     except ValueError as error:
@@ -172,8 +174,9 @@ class _Unnamed:
 
 
 _LINKABLE: dict[int, bool] = {}
-"""Per device: whether an O_TMPFILE file can be linked in (not on every filesystem, nor in
-every sandbox: some answer EXDEV)."""
+"""Per device: whether an O_TMPFILE file can be linked in. Not on every filesystem, nor in
+every sandbox: this project's development VM answers EXDEV on ext4, so its tests go the
+named-sibling way."""
 
 
 def _open_unnamed(folder: Path) -> int:
