@@ -31,7 +31,7 @@ def write_atomic(path: Path, data: bytes | memoryview | str, *, durable: bool = 
         Path(temp).unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_folder(folder)
+        fsync_folder(folder)
 
 
 def make_durable(path: Path) -> None:
@@ -42,11 +42,11 @@ def make_durable(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on every platform.
+def fsync_folder(folder: Path) -> None:
+    """Make the renames into `folder` durable; not possible (nor needed) everywhere."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -63,6 +63,12 @@ class Stale(MatrixError):
     exit_code = 1
 
 
+class CacheError(MatrixError):
+    """A `cache` command cannot use its engine cache (none set, unreachable, read-only)."""
+
+    exit_code = 1
+
+
 class OutputBusy(MatrixError):
     """Another rtx-matrix process holds an output: a build's folder (its mutex, not the
     lockfile), or an engine `prepare` is refitting into the cache."""

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from matrix.atomic import make_durable
@@ -25,11 +26,13 @@ from matrix.build.pools import Pool
 from matrix.gpu import Gpu
 from matrix.lockfile.book import LockBook, lock_entry
 from matrix.lockfile.freshness import CellState
+from matrix.lockfile.types import LockEntry
 from matrix.plan.types import Plan
 
 
 class Status(str, Enum):
     BUILT = "built"
+    FETCHED = "from cache"
     UP_TO_DATE = "up to date"
     SKIPPED = "skipped"
     FAILED = "failed"
@@ -46,6 +49,8 @@ class Outcome:
     seconds: float = 0.0
     detail: str = ""
     """The one-line error of a failed cell, or why a cell was skipped."""
+    bytes: int = 0
+    """Engine bytes downloaded, for a cell fetched from the engine cache."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class RunOptions:
     """A Dask scheduler address: build there (`--executor dask`) instead of local workers."""
     cpu_pool: Pool | None = None
     """An entered pool started early for the CPU cells (`matrix.build.run`), or None."""
+    on_built: Callable[[LockEntry, Path], None] | None = None
+    """Called with each built cell's lock entry and engine once the lock names it (from a
+    pool's thread): the engine cache pushes it."""
 
 
 # ---------------------------------------------------------------------------- building
@@ -233,6 +241,8 @@ def _record(run: Run, task: CellTask, result: BuildResult) -> Outcome:
     lock_dir = run.book.path.parent.resolve()
     entry = lock_entry(run.plan, task, result, lock_dir, run.gpu)
     run.book.add(result.cell_id, entry, task.state.engine)
+    if run.options.on_built is not None:
+        run.options.on_built(entry, task.state.engine)
     return Outcome(result.cell_id, Status.BUILT, result.seconds)
 
 

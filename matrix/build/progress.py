@@ -8,6 +8,7 @@ line per finished cell. rich is imported only when something is displayed.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,10 +45,20 @@ class Batch:
 
 
 class Display:
-    """Quiet: shows nothing while building (the summary still lists failures)."""
+    """Quiet: shows nothing while building but warnings (the summary still lists failures)."""
+
+    _stderr = threading.Lock()
 
     def start(self, batch: Batch) -> None:
         del batch
+
+    def warn(self, text: str) -> None:
+        """A problem worth knowing that fails nothing (a rejected cache entry); any thread."""
+        with self._stderr:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        del text
 
     def event(self, event: ProgressEvent) -> None:
         del event
@@ -79,6 +90,9 @@ class PlainDisplay(Display):
     def outcome(self, outcome: Outcome) -> None:
         self.done += 1
         self._line(f"[{self.done}/{self.total}] {outcome_line(outcome)}")
+
+    def note(self, text: str) -> None:
+        self._line(text)
 
     def _line(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -119,6 +133,24 @@ class RichDisplay(Display):
             self.phases[event.cell_id] = event.phase
         elif event.kind == "step" and event.steps:
             self.phases[event.cell_id] = f"{event.phase} {event.step}/{event.steps}"
+        elif event.kind == "download":
+            spent = time.monotonic() - self.started.get(event.cell_id, time.monotonic())
+            self.phases[event.cell_id] = (
+                f"downloading {size_text(event.step)} of {size_text(event.steps)}, "
+                f"{rate_text(event.step, spent)}"
+            )
+
+    def warn(self, text: str) -> None:
+        if self.live is None:
+            super().warn(text)
+        else:
+            self.live.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+    def note(self, text: str) -> None:
+        if self.live is None:
+            self.console.print(text, markup=False, highlight=False)
+        else:
+            self.live.console.print(text, markup=False, highlight=False)
 
     def outcome(self, outcome: Outcome) -> None:
         self.done.add(outcome.cell_id)
@@ -137,7 +169,9 @@ class RichDisplay(Display):
         table = Table.grid(padding=(0, 2))
         total, done = len(self.batch.cells), len(self.done)
         eta = self.batch.eta(self.done, self.started)
-        table.add_row(f"[bold]building[/] {done}/{total}", f"ETA {seconds_text(eta)}")
+        fetching = any(phase.startswith("downloading") for phase in self.phases.values())
+        verb = "fetching" if fetching else "building"
+        table.add_row(f"[bold]{verb}[/] {done}/{total}", f"ETA {seconds_text(eta)}")
         now = time.monotonic()
         for cell, phase in sorted(self.phases.items()):
             spent = now - self.started.get(cell, now)
@@ -157,6 +191,9 @@ def make_display(quiet: bool, verbose: bool, out: TextIO | None = None) -> Displ
 def outcome_line(outcome: Outcome) -> str:
     if outcome.status is Status.BUILT:
         return f"built {outcome.cell_id} in {seconds_text(outcome.seconds)}"
+    if outcome.status is Status.FETCHED:
+        return (f"fetched {outcome.cell_id} from the cache: {size_text(outcome.bytes)} in "
+                f"{seconds_text(outcome.seconds)} ({rate_text(outcome.bytes, outcome.seconds)})")
     if outcome.status is Status.FAILED:
         return f"FAILED {outcome.cell_id} after {seconds_text(outcome.seconds)}: {outcome.detail}"
     detail = f": {outcome.detail}" if outcome.detail else ""
@@ -170,17 +207,36 @@ def seconds_text(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
+def size_text(size: int) -> str:
+    """Decimal units, as transfer rates are usually given: `12.3 MB`."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def rate_text(size: int, seconds: float) -> str:
+    return f"{size_text(int(size / max(seconds, 1e-3)))}/s"
+
+
 # ------------------------------------------------------------------------------- summary
 
-ORDER = (Status.BUILT, Status.UP_TO_DATE, Status.SKIPPED, Status.FAILED, Status.NOT_STARTED)
+ORDER = (Status.BUILT, Status.FETCHED, Status.UP_TO_DATE, Status.SKIPPED, Status.FAILED,
+         Status.NOT_STARTED)
 
 
-def summary_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, int, float]]:
+def summary_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, int, str]]:
+    """(status, cells, what they took: build time, or bytes fetched from the cache)."""
     rows = []
     for status in ORDER:
         chosen = [o for o in outcomes if o.status is status]
         if chosen or status in (Status.BUILT, Status.UP_TO_DATE, Status.FAILED):
-            rows.append((str(status), len(chosen), sum(o.seconds for o in chosen)))
+            if status is Status.FETCHED:
+                took = size_text(sum(o.bytes for o in chosen))
+            else:
+                seconds = sum(o.seconds for o in chosen)
+                took = seconds_text(seconds) if seconds else ""
+            rows.append((str(status), len(chosen), took))
     return rows
 
 
@@ -199,8 +255,8 @@ def print_summary(
         _rich_summary(outcomes, notable, elapsed, out)
         return
     counts = ", ".join(
-        f"{count} {label}" + (f" ({seconds_text(secs)})" if secs else "")
-        for label, count, secs in summary_rows(outcomes)
+        f"{count} {label}" + (f" ({took})" if took else "")
+        for label, count, took in summary_rows(outcomes)
     )
     print(f"summary: {counts}; wall {seconds_text(elapsed)}", file=out)
     for outcome in notable:
@@ -217,10 +273,10 @@ def _rich_summary(
     table = Table(title=f"rtx-matrix build ({seconds_text(elapsed)} wall)")
     table.add_column("status")
     table.add_column("cells", justify="right")
-    table.add_column("build time", justify="right")
-    for label, count, secs in summary_rows(outcomes):
+    table.add_column("time or size", justify="right")
+    for label, count, took in summary_rows(outcomes):
         style = "red" if label == str(Status.FAILED) and count else ""
-        table.add_row(label, str(count), seconds_text(secs) if secs else "-", style=style)
+        table.add_row(label, str(count), took or "-", style=style)
     console.print(table)
     if notable:
         details = Table("cell", "status", "reason", title="failed and skipped cells")

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +28,13 @@ from matrix.file_lock import Busy, file_lock
 from matrix.lockfile.stamps import state_dir
 
 if TYPE_CHECKING:
-    from matrix.build.executor import Outcome
+    from matrix.build.executor import CellTask, Outcome
     from matrix.build.pools import Pool
+    from matrix.build.progress import Display
     from matrix.build.worker import Child
+    from matrix.engine_cache.use import CacheUse
     from matrix.lockfile.survey import Survey
+    from matrix.manifest.types import CacheSpec
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class BuildSettings:
     """A Dask scheduler address: build there instead of in local workers."""
     quiet: bool = False
     verbose: bool = False
+    cache: CacheSpec | None = None
+    """The engine cache (`matrix.engine_cache.config.choose_cache`): stale cells are fetched
+    from it when it has them, and what is built is pushed to it when `cache.push`."""
+    fetch_only: bool = False
+    """`cache pull`: fetch what the cache has and build nothing."""
 
 
 def build(
@@ -129,9 +137,16 @@ def cpu_pool(jobs: int, timeout: float | None, started: Sequence[Child] = ()) ->
 def build_stale(
     state: Survey, settings: BuildSettings, started: float, workers: Pool | None = None
 ) -> list[Outcome]:
-    """Build the stale cells of `state` (the caller holds the output lock); every outcome,
-    the up-to-date and skipped cells' included."""
-    from matrix.build.executor import CellTask, RunOptions, Status, build_tasks, make_request
+    """Build the stale cells of `state` (the caller holds the output lock), or fetch them from
+    the engine cache; every outcome, the up-to-date and skipped cells' included."""
+    from matrix.build.executor import (
+        CellTask,
+        Outcome,
+        RunOptions,
+        Status,
+        build_tasks,
+        make_request,
+    )
     from matrix.build.progress import Batch, make_display
     from matrix.build.temp_files import remove_stale_temp_files
     from matrix.lockfile.book import LockBook, lock_header
@@ -148,31 +163,49 @@ def build_stale(
     entries = dict(lock.engines) if lock else {}
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
-    tasks = [CellTask(s, make_request(s), s.cell.needs_gpu) for s in state.to_build]
-    remove_stale_temp_files(task.request for task in tasks)
+    remove_stale_temp_files(make_request(s) for s in state.freshness.stale)
+    display = make_display(settings.quiet, settings.verbose)
+    cache = _from_cache(state, settings, display)
+    pending = [s for s in state.to_build if s.cell.id not in cache.found]
+    tasks = [CellTask(s, make_request(s), s.cell.needs_gpu) for s in pending]
     expected = {
         s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
     }
-    display = make_display(settings.quiet, settings.verbose)
-    display.start(Batch(tuple(t.request.cell_id for t in tasks), expected, settings.jobs))
-    options = RunOptions(
-        jobs=settings.jobs,
-        keep_going=settings.keep_going,
-        timeout=settings.timeout,
-        scheduler=settings.scheduler,
-        cpu_pool=workers,
-    )
+    cells = tuple(s.cell.id for s in state.to_build) + cache.extra_cells(state)
+    display.start(Batch(cells, expected, settings.jobs))
+    started_here: Pool | None = None
     previous = _sigterm_as_interrupt()
     try:
-        built = build_tasks(plan, tasks, book, options, state.gpu, display.event, display.outcome)
+        if workers is None and cache.session is not None and not settings.fetch_only:
+            started_here = workers = _workers_for(tasks, settings)  # start while fetching
+        fetched, refused = cache.fetch(state, book, display)
+        tasks += [CellTask(s, make_request(s), s.cell.needs_gpu) for s in refused]
+        options = RunOptions(
+            jobs=settings.jobs,
+            keep_going=settings.keep_going,
+            timeout=settings.timeout,
+            scheduler=settings.scheduler,
+            cpu_pool=workers,
+            on_built=cache.on_built(),
+        )
+        if settings.fetch_only:
+            built = [Outcome(t.request.cell_id, Status.NOT_STARTED, detail=cache.why_not(t))
+                     for t in tasks]
+        else:
+            built = build_tasks(plan, tasks, book, options, state.gpu, display.event,
+                                display.outcome)
+        cache.finish(display)
     except KeyboardInterrupt:
+        cache.finish(display, cancel=True)
         display.stop()
         state.stamps.save()
         raise Interrupted("interrupted: the lock holds every cell that finished") from None
     finally:
         _restore_sigterm(previous)
+        if started_here is not None:
+            started_here.shutdown()  # safe twice: the executor shuts the pools it used
     display.stop()
-    outcomes = [*built, *other_outcomes(state)]
+    outcomes = [*fetched, *built, *other_outcomes(state, cache.found)]
     if not any(o.status in (Status.FAILED, Status.NOT_STARTED) for o in outcomes):
         book.drop(state.removed)
     book.flush()
@@ -180,13 +213,30 @@ def build_stale(
     return outcomes
 
 
-def other_outcomes(state: Survey) -> list[Outcome]:
+def _workers_for(tasks: Sequence[CellTask], settings: BuildSettings) -> Pool | None:
+    cpu_cells = sum(not task.on_gpu for task in tasks)
+    if settings.scheduler is not None or not cpu_cells:
+        return None
+    return cpu_pool(min(settings.jobs, cpu_cells), settings.timeout)
+
+
+def _from_cache(state: Survey, settings: BuildSettings, display: Display) -> CacheUse:
+    """What the engine cache can serve of the stale cells: looked up now, fetched later."""
+    from matrix.engine_cache.use import CacheUse
+
+    if settings.cache is None or not state.freshness.stale:
+        return CacheUse(None)
+    return CacheUse.look_up(settings.cache, state, display, settings.fetch_only)
+
+
+def other_outcomes(state: Survey, fetched: Container[str] = ()) -> list[Outcome]:
     from matrix.build.executor import Outcome, Status
 
     fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
     skipped = [
         Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")
         for s in state.skipped
+        if s.cell.id not in fetched
     ]
     return fresh + skipped
 

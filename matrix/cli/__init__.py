@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # imported in the functions: `main` starts `build`'s worker f
 
 # Imported lazily: a no-op `build` must not pay for `plan`'s or `refit`'s imports.
 SUBCOMMANDS = (
-    "plan", "build", "status", "clean", "refit", "lock", "bundle", "select", "prepare", "schema",
+    "plan", "build", "status", "cache", "clean", "refit", "lock", "bundle", "select", "prepare",
+    "schema",
 )
 
 

@@ -10,10 +10,17 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from matrix.cli import head_start
-from matrix.cli.common import add_manifest_args, report_rejected, survey_for
+from matrix.cli.common import (
+    add_cache_args,
+    add_manifest_args,
+    cache_of,
+    report_rejected,
+    survey_for,
+)
 from matrix.errors import GpuError, Stale, UsageError
 from matrix.plan.load import resolve_manifest
 
@@ -101,6 +108,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="ADDRESS",
         help="Dask scheduler address (tcp://HOST:PORT) for --executor dask",
     )
+    add_cache_args(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only failures")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print build phases")
@@ -150,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 print_noop(state)
             state.stamps.save()
             return 0
-        if workers is None:
+        settings = replace(settings, cache=cache_of(args, state.plan.manifest.cache))
+        if workers is None and settings.cache is None:  # with a cache: once the hits are known
             workers = start_workers(settings, state)
         outcomes = build(state, settings, workers, resurvey=lambda: survey_for(args))
     finally:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from matrix.lockfile.survey import Scope, Survey
+    from matrix.manifest.types import CacheSpec
     from matrix.plan.types import Cell, Plan
 
 
@@ -27,6 +28,39 @@ def add_manifest_args(parser: argparse.ArgumentParser) -> None:
     add_manifest_arg(parser)
     parser.add_argument(
         "--verify", action="store_true", help="hash every engine instead of trusting size and mtime"
+    )
+
+
+def add_cache_args(parser: argparse.ArgumentParser, push: bool = True) -> None:
+    """`--cache URL` and `--no-cache` (and `--push/--no-push` for commands that build)."""
+    group = parser.add_argument_group("engine cache")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--cache",
+        metavar="URL",
+        help="engine cache to use: a folder or an fsspec URL (s3://, gs://, az://, https://); "
+        "overrides the manifest's cache: and RTX_MATRIX_CACHE",
+    )
+    choice.add_argument("--no-cache", action="store_true", help="use no engine cache")
+    if push:
+        group.add_argument(
+            "--push",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="upload the engines built here to the cache (default: the manifest's "
+            "cache.push, or RTX_MATRIX_CACHE_PUSH; never for https://)",
+        )
+
+
+def cache_of(args: argparse.Namespace, manifest: CacheSpec | None) -> CacheSpec | None:
+    """The engine cache this command uses (`matrix.engine_cache.config.choose_cache`)."""
+    from matrix.engine_cache.config import choose_cache
+
+    return choose_cache(
+        manifest,
+        url=getattr(args, "cache", None),
+        disabled=getattr(args, "no_cache", False),
+        push=getattr(args, "push", None),
     )
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matrix.build.messages import BuildResult
     from matrix.facts.types import ModelFacts
     from matrix.gpu import Gpu
-    from matrix.plan.types import Plan
+    from matrix.plan.types import Cell, Plan
 
 
 
@@ -124,19 +124,12 @@ def lock_entry(
     from datetime import datetime, timezone  # a no-op run imports this module for the header
 
     cell, state = task.state.cell, task.state
-    facts: ModelFacts = plan.facts[cell.model.name]
     assert result.sha256 is not None and result.size is not None
     return LockEntry(
         path=relative_posix(state.engine, lock_dir),
         sha256=result.sha256,
         size=result.size,
-        model=ModelRef(
-            name=cell.model.name,
-            path=relative_posix(cell.model.onnx, lock_dir),
-            digest=facts.digest,
-            graph_digest=facts.graph_digest,
-            weights_digest=facts.weights_digest,
-        ),
+        model=model_ref(plan, cell, lock_dir),
         targets=cell.target.spec,
         resolved_targets=state.resolved_targets or (),
         runs_on=resolved_runs_on(cell.runs_on, gpu),
@@ -150,6 +143,17 @@ def lock_entry(
         io=result.io,
         weights_bytes=result.weights_bytes,
         stripped_weights_bytes=result.stripped_weights_bytes,
+    )
+
+
+def model_ref(plan: Plan, cell: Cell, lock_dir: Path) -> ModelRef:
+    facts: ModelFacts = plan.facts[cell.model.name]
+    return ModelRef(
+        name=cell.model.name,
+        path=relative_posix(cell.model.onnx, lock_dir),
+        digest=facts.digest,
+        graph_digest=facts.graph_digest,
+        weights_digest=facts.weights_digest,
     )
 
 

@@ -23,6 +23,7 @@ from matrix.manifest.types import (
     CURRENT,
     DEFAULT,
     BuilderOptions,
+    CacheSpec,
     Exclusion,
     InputShape,
     Location,
@@ -201,6 +202,7 @@ class _Interpreter:
             exclude=self.exclusions({model.name for model in models}),
             builder=builder,
             version=version if isinstance(version, int) else 1,
+            cache=self.cache(),
             locations=MappingProxyType(dict(self.locations)),
         )
 
@@ -216,6 +218,21 @@ class _Interpreter:
         if message:
             self.problem("$.output", message)
         return lexical, raw
+
+    # the engine cache
+
+    def cache(self) -> CacheSpec | None:
+        from matrix.engine_cache.config import credentials_in, folder_or_url
+
+        raw = self.data.get("cache")
+        if not isinstance(raw, dict) or not isinstance(raw.get("url"), str) or not raw["url"]:
+            return None  # absent, or the schema reported it
+        refused = credentials_in(raw["url"])
+        if refused:
+            self.problem("$.cache.url", refused)
+        push = raw.get("push", True)
+        url = folder_or_url(raw["url"], str(self.path.parent))
+        return CacheSpec(url, push if isinstance(push, bool) else True)
 
     # targets
 

@@ -156,6 +156,19 @@ class Exclusion:
         )
 
 
+@dataclass(frozen=True)
+class CacheSpec:
+    """The shared engine cache a run uses (`cache:` in the manifest, or `--cache URL`):
+    see `matrix.engine_cache`. Never part of a fingerprint: where an engine comes from does
+    not change what it is."""
+
+    url: str
+    """An fsspec URL (`s3://bucket/prefix`, `gs://...`, `https://...`) or an absolute folder
+    path; a relative folder in the manifest is resolved against the manifest's folder."""
+    push: bool = True
+    """Upload the engines this machine builds."""
+
+
 Location = tuple[int, int]
 """1-based (line, column) in the manifest."""
 
@@ -185,6 +198,7 @@ class Manifest:
     exclude: tuple[Exclusion, ...] = ()
     builder: BuilderOptions = BuilderOptions()
     version: int = 1
+    cache: CacheSpec | None = None
     locations: Mapping[str, Location] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, hash=False, repr=False
     )

@@ -1,0 +1,207 @@
+"""Moving one engine between the store and the output folder, trusting nothing on the way.
+
+A download streams into a file with no name (Linux O_TMPFILE; a `.tmp-<pid>` sibling where
+the filesystem cannot), hashing as it goes. Only once its size, sha256 and engine header
+match what the cell needs is the file fsynced and renamed onto the engine path: a reader of
+the output folder never sees a partial or unchecked engine, and a download killed with -9
+leaves nothing behind (a named sibling at worst, which the next run removes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from matrix.atomic import fsync_folder
+from matrix.build.engine_header import HEADER_SIZE, describe_mask, read_header, version_tuple
+from matrix.build.temp_files import temp_path
+from matrix.engine_cache.store import EngineStore
+
+CHUNK = 4 << 20
+"""Bytes per read: large enough that hashing and writing, not calls, take the time."""
+PROGRESS_INTERVAL = 0.1
+
+
+class Rejected(Exception):
+    """A cache entry that must not be used; the message says why, in one line."""
+
+
+class Cancelled(Exception):
+    """The run was interrupted while this download went on."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a downloaded engine must be to be used."""
+
+    sha256: str
+    size: int
+    header_mask: int | None
+    """The CC mask its header must hold; None: whatever the record says (GPU cells)."""
+    tensorrt_rtx: str
+
+
+Progress = Callable[[int], None]
+"""Called with the bytes received so far."""
+
+
+def download(
+    store: EngineStore,
+    wanted: Wanted,
+    engine: Path | None,
+    on_bytes: Progress | None = None,
+    cancel: threading.Event | None = None,
+    before_replace: Callable[[], None] | None = None,
+    durable_name: bool = True,
+) -> None:
+    """Fetch engine `wanted.sha256` onto `engine`, checked first; Rejected when it does not
+    check out, CacheUnavailable when the store fails. `engine` None: check only.
+    `before_replace` runs once the engine checked out, just before it takes its name.
+
+    The bytes are always fsynced before the engine takes its name (the stamps will vouch
+    for them). The name itself is made durable only with `durable_name`, for an engine a
+    lock write is about to name: where the lock names it already, a name lost to a power
+    cut only means the engine is missing again."""
+    if engine is None:
+        with open(os.devnull, "wb") as sink:
+            _receive(store, wanted, sink.fileno(), on_bytes, cancel)
+        return
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    with _Unnamed(engine) as out:
+        _receive(store, wanted, out.fd, on_bytes, cancel)
+        if before_replace is not None:
+            before_replace()
+        out.commit(durable_name)
+
+
+def _receive(
+    store: EngineStore,
+    wanted: Wanted,
+    fd: int,
+    on_bytes: Progress | None,
+    cancel: threading.Event | None,
+) -> None:
+    digest = hashlib.sha256()
+    head = b""
+    done = 0
+    reported = 0.0
+    buffer = memoryview(bytearray(CHUNK))  # reused: a fresh 4 MiB object per read costs more
+    with store.open_engine(wanted.sha256, CHUNK) as source:
+        while count := source.readinto(buffer):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            done += count
+            if done > wanted.size:
+                raise Rejected(f"the engine is longer than the {wanted.size} bytes recorded")
+            chunk = buffer[:count]
+            if len(head) < HEADER_SIZE:
+                head += bytes(chunk[: HEADER_SIZE - len(head)])
+            digest.update(chunk)
+            _write_all(fd, chunk)
+            now = time.monotonic()
+            if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
+                on_bytes(done)
+                reported = now
+    if done != wanted.size:
+        raise Rejected(f"the engine has {done} bytes, {wanted.size} recorded (truncated?)")
+    if digest.hexdigest() != wanted.sha256:
+        raise Rejected(f"the engine's sha256 is {digest.hexdigest()[:12]}, not "
+                       f"{wanted.sha256[:12]} as recorded (corrupt or poisoned entry)")
+    check_header(head, wanted)
+    if on_bytes is not None:
+        on_bytes(done)
+
+
+def check_header(head: bytes, wanted: Wanted) -> None:
+    """The header's library version and CC mask (docs/tensorrt-rtx.md, "The engine header")
+    must be this library's and the cell's, as a build's must."""
+    try:
+        header = read_header(head)
+    except ValueError as error:
+        raise Rejected(str(error)) from None
+    if header.version != version_tuple(wanted.tensorrt_rtx):
+        raise Rejected(f"the engine header says TensorRT-RTX {header.version_text}, this is "
+                       f"{wanted.tensorrt_rtx}")
+    if wanted.header_mask is not None and header.mask != wanted.header_mask:
+        raise Rejected(f"the engine targets {' '.join(describe_mask(header.mask))}, the cell "
+                       f"{' '.join(describe_mask(wanted.header_mask))}")
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Unnamed:
+    """A file in the engine's folder that gets the engine's name only on `commit`: a file
+    with no name at all where the filesystem can link one in later, else a `.tmp-<pid>`
+    sibling (which `matrix.build.temp_files` removes after a kill)."""
+
+    def __init__(self, engine: Path) -> None:
+        self.engine = engine
+        self.named: Path | None = None
+        self.fd = _open_unnamed(engine.parent)
+        if self.fd < 0:
+            self.named = temp_path(engine)
+            self.fd = os.open(self.named, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+
+    def __enter__(self) -> _Unnamed:
+        return self
+
+    def commit(self, durable_name: bool) -> None:
+        os.fsync(self.fd)
+        if self.named is None:
+            self.named = temp_path(self.engine)
+            with contextlib.suppress(FileNotFoundError):
+                self.named.unlink()  # a leftover of a killed run that had our pid
+            _link(self.fd, self.named)
+        os.replace(self.named, self.engine)
+        self.named = None
+        if durable_name:
+            fsync_folder(self.engine.parent)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        if self.named is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.named.unlink()
+
+
+_LINKABLE: dict[int, bool] = {}
+"""Per device: whether an O_TMPFILE file can be linked in. Not on every filesystem, nor in
+every sandbox: this project's development VM answers EXDEV on ext4, so its tests go the
+named-sibling way."""
+
+
+def _open_unnamed(folder: Path) -> int:
+    """An O_TMPFILE descriptor in `folder`, or -1 where one could not be named later."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return -1
+    try:
+        device = folder.stat().st_dev
+        fd = os.open(folder, flag | os.O_WRONLY, 0o666)
+    except OSError:
+        return -1
+    if device not in _LINKABLE:
+        probe = folder / f".rtx-matrix-link-probe-{os.getpid()}"
+        try:
+            _link(fd, probe)
+            probe.unlink()
+            _LINKABLE[device] = True
+        except OSError:
+            _LINKABLE[device] = False
+    if not _LINKABLE[device]:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def _link(fd: int, path: Path) -> None:
+    os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
