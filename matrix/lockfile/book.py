@@ -48,14 +48,18 @@ WRITE_BACKOFF = 10
 """A slow lock write waits this many times its duration before the next (see LockBook)."""
 SLOW_WRITE = 0.010
 """Seconds: a 1,000-entry lock writes in ~4 ms, 10,000 entries in ~30 ms (measured)."""
+BACKOFF_ENTRIES = 2_000
+"""Only a lock this large may back off. A small lock's write is slow only when its fsync
+waits on a busy disk, and then holding back the next write would just lose finished cells
+to a kill -9."""
 
 
 class LockBook:
     """The lock being written: entries change one cell at a time, each change on disk at once.
 
     Thread-safe: pool threads add entries while the others build. The lock is rewritten after
-    every finished cell, except when a write is slow (over SLOW_WRITE: locks of several
-    thousand entries), where rewriting after every tiny cell would cost more than the builds:
+    every finished cell, except when a lock of thousands of entries writes slowly (over
+    SLOW_WRITE), where rewriting after every tiny cell would cost more than the builds:
     then the next write waits ten times the last one's duration, and `flush` writes what is
     pending. Either way the lock on disk names only engines that exist and match: a delayed
     entry only means its cell is rebuilt after a kill -9.
@@ -115,7 +119,8 @@ class LockBook:
         self.stamps.record(self.path, "")
         finished = time.monotonic()
         took = finished - started
-        self._next_write = finished + (WRITE_BACKOFF * took if took > SLOW_WRITE else 0.0)
+        slow = took > SLOW_WRITE and len(self.entries) >= BACKOFF_ENTRIES
+        self._next_write = finished + (WRITE_BACKOFF * took if slow else 0.0)
 
 
 def lock_entry(

@@ -38,6 +38,7 @@ def test_lock_book_writes_every_cell_then_backs_off(
     # Every write now counts as slow (as for a lock of thousands of entries) and backs off.
     monkeypatch.setattr(book_module, "SLOW_WRITE", -1.0)
     monkeypatch.setattr(book_module, "WRITE_BACKOFF", 1e9)
+    monkeypatch.setattr(book_module, "BACKOFF_ENTRIES", 0)
     book.drop(["a@sm86"])  # drops always write: an engine is about to be replaced
     book.add("b@sm86", entry("b"), engine)  # delayed
     assert on_disk(lock) == []
@@ -55,3 +56,16 @@ def test_lock_book_leaves_an_unchanged_lock_alone(tmp_path: Path) -> None:
     book = LockBook(lock, header(), existing.engines, Stamps.load(tmp_path), lock_to_json(existing))
     book.flush()
     assert lock.stat().st_mtime_ns == before
+
+
+def test_a_small_lock_never_backs_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow write of a small lock is a busy disk, not a big lock: every cell still lands."""
+    monkeypatch.setattr(book_module, "SLOW_WRITE", -1.0)
+    monkeypatch.setattr(book_module, "WRITE_BACKOFF", 1e9)
+    lock = tmp_path / "m.lock"
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"x")
+    book = LockBook(lock, header(), {}, Stamps.load(tmp_path), None)
+    book.add("a@sm86", entry("a"), engine)
+    book.add("b@sm86", entry("b"), engine)
+    assert on_disk(lock) == ["a@sm86", "b@sm86"]
