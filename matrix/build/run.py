@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from matrix.build.pools import Pool
     from matrix.build.worker import Child
     from matrix.lockfile.survey import Survey
+    from matrix.lockfile.types import LockEntry
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class BuildSettings:
     """Seconds to wait for another build of the same output to end."""
     scheduler: str | None = None
     """A Dask scheduler address: build there instead of in local workers."""
+    memory: int | None = None
+    """Bytes the builds' expected peaks may add up to; None: the memory available now less
+    a margin (`matrix.build.memory.default_budget`)."""
     quiet: bool = False
     verbose: bool = False
 
@@ -148,8 +153,14 @@ def build_stale(
     entries = dict(lock.engines) if lock else {}
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
-    tasks = [CellTask(s, make_request(s), s.cell.needs_gpu) for s in state.to_build]
+    peaks = expected_peaks(state, entries)
+    tasks = [
+        CellTask(s, make_request(s, peaks[s.cell.id]), s.cell.needs_gpu) for s in state.to_build
+    ]
     remove_stale_temp_files(task.request for task in tasks)
+    budget = memory_budget(settings)
+    if settings.scheduler is None:
+        warn_oversized(peaks, budget)
     expected = {
         s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
     }
@@ -161,6 +172,7 @@ def build_stale(
         timeout=settings.timeout,
         scheduler=settings.scheduler,
         cpu_pool=workers,
+        memory_budget=budget,
     )
     previous = _sigterm_as_interrupt()
     try:
@@ -178,6 +190,37 @@ def build_stale(
     book.flush()
     state.stamps.save()
     return outcomes
+
+
+def expected_peaks(state: Survey, entries: Mapping[str, LockEntry]) -> dict[str, int]:
+    """Cell id -> bytes of memory its build is expected to need at its peak: what the lock
+    recorded last time while the model is the same, else the estimate from its size."""
+    from matrix.build.memory import expected_peak
+
+    peaks = {}
+    for pending in state.to_build:
+        cell = pending.cell
+        facts = state.plan.facts[cell.model.name]
+        entry = entries.get(cell.id)
+        recorded = entry.peak_rss_bytes if entry and entry.model.digest == facts.digest else None
+        peaks[cell.id] = expected_peak(recorded, facts.size)
+    return peaks
+
+
+def memory_budget(settings: BuildSettings) -> int | None:
+    from matrix.build.memory import available_memory, default_budget
+
+    if settings.memory is not None:
+        return settings.memory
+    return default_budget(available_memory())
+
+
+def warn_oversized(peaks: Mapping[str, int], budget: int | None) -> None:
+    from matrix.build.memory import oversized, oversized_warning
+
+    for cell in oversized(peaks, budget):
+        assert budget is not None
+        print(oversized_warning(cell, peaks[cell], budget), file=sys.stderr)
 
 
 def other_outcomes(state: Survey) -> list[Outcome]:
