@@ -3,9 +3,9 @@
 A cell's expected peak is the `peak_rss_bytes` its last build recorded in the lock, while its
 model is unchanged; else an estimate from the model's bytes (file and external data, nearly
 all weights for a big model): a TensorRT-RTX 1.7.1 build peaks at about 3 times the weights
-plus the library's own ~180 MiB, whatever the model's shape (measured from 64 MiB to 2 GiB,
-bench/bench_large.py). The executor never starts a cell that would push the expected peaks
-of the cells building past the budget; a cell that alone exceeds it builds alone.
+plus 180 MiB, whatever the model's shape (docs/tensorrt-rtx.md, "Memory of a build").
+The executor never starts a cell that would push the expected peaks of the cells building
+past the budget; a cell that alone exceeds it builds alone.
 
 Pure except `available_memory`, which reads the kernel's figure.
 """
@@ -13,6 +13,7 @@ Pure except `available_memory`, which reads the kernel's figure.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,10 +22,10 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 WEIGHT_FACTOR = 3.1
-"""Peak resident memory of a build per byte of model, rounded up from 3.0-3.1 measured."""
+"""Peak resident memory of a build per byte of model: 3.0 measured, rounded up."""
 LIBRARY_BYTES = 200 * MiB
 """What a build needs beyond its weights: the library (~115 MiB once imported) and its
-buffers; measured 180 MiB, rounded up."""
+buffers; 180 MiB measured, rounded up."""
 MARGIN_SHARE = 0.10
 MIN_MARGIN = 512 * MiB
 """The default budget leaves this much of the available memory (the larger) to the rest of
@@ -49,8 +50,10 @@ def default_budget(available: int | None) -> int | None:
 
 def available_memory(meminfo: str | None = None) -> int | None:
     """Bytes the kernel says new work can take without swapping: `MemAvailable` from
-    /proc/meminfo on Linux (`meminfo`: its text, for tests), else free physical pages where
-    `sysconf` knows them, else None."""
+    /proc/meminfo on Linux (`meminfo`: its text, for tests), the available physical memory
+    on Windows, else free physical pages where `sysconf` knows them, else None."""
+    if sys.platform == "win32":
+        return _windows_available()
     if meminfo is None:
         try:
             with open("/proc/meminfo", encoding="ascii") as source:
@@ -66,6 +69,31 @@ def available_memory(meminfo: str | None = None) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _windows_available() -> int | None:
+    import ctypes
+    from ctypes import wintypes
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [
+            ("dwLength", wintypes.DWORD),
+            ("dwMemoryLoad", wintypes.DWORD),
+            ("ullTotalPhys", ctypes.c_ulonglong),
+            ("ullAvailPhys", ctypes.c_ulonglong),
+            ("ullTotalPageFile", ctypes.c_ulonglong),
+            ("ullAvailPageFile", ctypes.c_ulonglong),
+            ("ullTotalVirtual", ctypes.c_ulonglong),
+            ("ullAvailVirtual", ctypes.c_ulonglong),
+            ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+        ]
+
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    kernel32 = getattr(ctypes, "windll").kernel32  # noqa: B009 (Windows only, untyped elsewhere)
+    if not kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+        return None
+    return int(status.ullAvailPhys)
 
 
 def size_text(size: int) -> str:

@@ -126,11 +126,16 @@ class ConcurrencyPool(FakePool):
         self.beside: list[tuple[str, tuple[str, ...]]] = []
         self.oom = list(oom or [])
 
+    def __enter__(self) -> ConcurrencyPool:
+        return self
+
     def submit(self, request: BuildRequest) -> None:
         self.beside.append((request.cell_id, tuple(r.cell_id for r in self.queue)))
         super().submit(request)
 
-    def results(self, on_event: Callable[[ProgressEvent], None]) -> Iterator[BuildResult]:
+    def results(
+        self, on_event: Callable[[ProgressEvent], None] | None = None
+    ) -> Iterator[BuildResult]:
         while self.queue:
             request = self.queue.pop(0)
             self.started.append(request.cell_id)
