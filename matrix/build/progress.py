@@ -117,6 +117,8 @@ class PlainDisplay(Display):
         with self._lock:
             if event.kind == "start":
                 self.running[event.cell_id] = Running()
+            elif event.kind == "retry":
+                self.running.pop(event.cell_id, None)  # until it starts again
             elif event.cell_id in self.running:
                 self.running[event.cell_id].note(event)
         if event.kind == "retry":
