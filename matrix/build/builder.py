@@ -12,24 +12,31 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import tensorrt_rtx as trt
 
+from matrix.atomic import start_writeback
 from matrix.build import library_log
 from matrix.build.engine_header import describe_mask, read_header, version_tuple
-from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent, one_line
+from matrix.build.messages import WRITING, BuildRequest, BuildResult, ProgressEvent, one_line
 from matrix.build.temp_files import temp_path
 from matrix.lockfile.types import TensorSpec
 from matrix.manifest.types import BuilderOptions, Profile, ValueRange
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
-_CHUNK = 1 << 20
+_CHUNK = 16 << 20
+"""Bytes written between two progress events and writeback requests."""
+_HASH_BESIDE = 16 << 20
+"""Engines from this size on are hashed in a thread beside the write (below, a thread costs
+more than it saves)."""
+SERIALIZING = "Serializing engine"
 _DTYPES = {"FLOAT": "fp32", "HALF": "fp16", "BF16": "bf16", "FP8": "fp8", "FP4": "fp4",
            "INT4": "int4", "INT8": "int8"}
 """tensorrt_rtx.DataType names -> the canonical names of `matrix.facts.types`."""
@@ -90,6 +97,18 @@ def _failed(request: BuildRequest, started: float, error: str) -> BuildResult:
 
 
 def _build_engine(request: BuildRequest, log: _BuildLog, emit: ProgressCallback) -> _Built:
+    io, engine = _serialized_engine(request, log, emit)
+    # The builder, network and parser are gone with `_serialized_engine`'s frame: the weights
+    # they held (the parser maps the external data) are released before the engine is written.
+    sha256, size, mask = _write_engine(request, engine, emit)
+    stripped = _stripped_weights(engine, log) if request.weightless else None
+    return _Built(sha256, size, mask, io, log.weights_bytes, stripped)
+
+
+def _serialized_engine(
+    request: BuildRequest, log: _BuildLog, emit: ProgressCallback
+) -> tuple[tuple[TensorSpec, ...], memoryview]:
+    """The network's I/O tensors and the serialized engine."""
     builder = trt.Builder(_LIBRARY_LOG)
     network = builder.create_network(0)
     # The parser reads external data relative to the model's folder, so it gets the path.
@@ -101,16 +120,15 @@ def _build_engine(request: BuildRequest, log: _BuildLog, emit: ProgressCallback)
     _set_weightless(config, request.weightless)
     _set_profiles(builder, network, config, request.profiles, log)
     _set_options(config, request.options, log)
-    monitor = _Progress(request.cell_id, emit)
-    config.progress_monitor = monitor
+    config.progress_monitor = _Progress(request.cell_id, emit)
     io = _network_io(network)
+    # Not `build_serialized_network_to_stream`: in 1.7.1 it serializes the whole engine in
+    # memory too, then hands it over in 64 MiB copies, so the peak is the same and the
+    # copies cost time (docs/tensorrt-rtx.md, "Memory of a build").
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise BuildError(log.last_error or "the builder returned no engine and logged no error")
-    engine = memoryview(blob)
-    sha256, size, mask = _write_engine(request, engine)
-    stripped = _stripped_weights(engine, log) if request.weightless else None
-    return _Built(sha256, size, mask, io, log.weights_bytes, stripped)
+    return io, memoryview(blob)
 
 
 def _network_io(network: Any) -> tuple[TensorSpec, ...]:
@@ -268,30 +286,60 @@ def _tiling(level: str) -> Any:
 # --- writing ------------------------------------------------------------------------------
 
 
-def _write_engine(request: BuildRequest, blob: memoryview) -> tuple[str, int, int]:
+def _write_engine(request: BuildRequest, blob: memoryview,
+                  emit: ProgressCallback) -> tuple[str, int, int]:
     final = Path(request.engine_path)
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(final)
+    size = len(blob)
+
+    def written(done: int) -> None:
+        emit(ProgressEvent(cell_id=request.cell_id, kind="write", phase=WRITING, step=done,
+                           steps=size, pid=os.getpid()))
+
     # Not `matrix.atomic.write_atomic`: the header is checked between write and rename. No
     # fsync here: the parent makes the engine durable before a lock names it (executor's
     # `_record`), while this worker already builds the next cell.
     try:
-        with open(temp, "wb") as out:
-            sha256 = _write_hashed(out, blob)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            sha256 = _write_hashed(fd, blob, written)
+        finally:
+            os.close(fd)
         mask = _check_header(temp, request)
         os.replace(temp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    return sha256, len(blob), mask
+    return sha256, size, mask
 
 
-def _write_hashed(out: IO[bytes], blob: memoryview) -> str:
+def _write_hashed(fd: int, blob: memoryview, written: Callable[[int], None]) -> str:
+    """Write `blob` to `fd` and hash it in the same pass (bench/bench_large.py).
+
+    A big engine is hashed by a second thread while this one writes (hashlib lets go of the
+    GIL), so on a machine with a core to spare the hash costs no wall time; and each chunk
+    is handed to the disk as soon as it is written, so the parent's fsync finds little left
+    to wait for.
+    """
     digest = hashlib.sha256()
-    for start in range(0, len(blob), _CHUNK):
-        chunk = blob[start:start + _CHUNK]
-        digest.update(chunk)
-        out.write(chunk)
+    hasher = None
+    if len(blob) >= _HASH_BESIDE:
+        hasher = threading.Thread(target=digest.update, args=(blob,), name="rtx-matrix-hash")
+        hasher.start()
+    else:
+        digest.update(blob)
+    try:
+        for start in range(0, len(blob), _CHUNK):
+            chunk = blob[start:start + _CHUNK]
+            while chunk:
+                chunk = chunk[os.write(fd, chunk):]
+            end = min(start + _CHUNK, len(blob))
+            start_writeback(fd, start, end - start)
+            written(end)
+    finally:
+        if hasher is not None:
+            hasher.join()
     return digest.hexdigest()
 
 
@@ -367,7 +415,9 @@ class _Progress(trt.IProgressMonitor):  # type: ignore[misc]
     """Forwards the builder's phases and steps as ProgressEvents.
 
     A phase start is `kind="phase", step=0`; its finish `kind="phase", step=steps`; each
-    finished step `kind="step", step=<steps done>`. Never cancels the build.
+    finished step `kind="step", step=<steps done>`. Once the outermost phase ends, the library
+    serializes the engine (seconds for gigabytes of weights, with no phase of its own): that
+    shows as the phase `SERIALIZING`. Never cancels the build.
     """
 
     def __init__(self, cell_id: str, emit: ProgressCallback) -> None:
@@ -375,8 +425,11 @@ class _Progress(trt.IProgressMonitor):  # type: ignore[misc]
         self.cell_id = cell_id
         self.emit = emit
         self.steps: dict[str, int] = {}
+        self.outermost: str | None = None
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        if parent_phase is None and self.outermost is None:
+            self.outermost = phase_name
         self.steps[phase_name] = num_steps
         self._send("phase", phase_name, 0)
 
@@ -386,6 +439,8 @@ class _Progress(trt.IProgressMonitor):  # type: ignore[misc]
 
     def phase_finish(self, phase_name: str) -> None:
         self._send("phase", phase_name, self.steps.pop(phase_name, 0))
+        if phase_name == self.outermost:
+            self._send("phase", SERIALIZING, 0)
 
     def _send(self, kind: str, phase: str, step: int) -> None:
         self.emit(ProgressEvent(cell_id=self.cell_id, kind=kind, phase=phase, step=step,

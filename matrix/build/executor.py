@@ -5,6 +5,10 @@ pool of one worker, so GPU builds run one at a time per GPU while CPU cells go o
 them. One thread per pool drains its results; the calling thread only displays and waits, so
 Ctrl-C lands there.
 
+A cell starts when a worker is free and its expected peak memory fits beside the cells
+building (`matrix.build.memory`). One whose worker the kernel's OOM killer ends is retried
+once, alone; a second kill fails it as out of memory.
+
 The lock is rewritten after every finished cell. A cell's old entry leaves the lock just
 before the cell is handed to a worker (its engine file is about to be replaced), so the lock
 on disk never names an engine that does not match, whenever the run is interrupted.
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.atomic import make_durable
+from matrix.build.memory import MemoryGate
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.build.pools import Pool
 from matrix.gpu import Gpu
@@ -75,6 +80,9 @@ class RunOptions:
     on_built: Callable[[LockEntry, Path], None] | None = None
     """Called with each built cell's lock entry and engine once the lock names it (from a
     pool's thread): the engine cache pushes it."""
+    memory_budget: int | None = None
+    """Bytes the local builds' expected peaks may add up to (`matrix.build.memory`); None:
+    no limit. A Dask cluster keeps its own count (its workers' MEMORY resource)."""
 
 
 # ---------------------------------------------------------------------------- building
@@ -116,11 +124,14 @@ def build_tasks(
     lanes = [lane for lane in _lanes(tasks, options, gpu) if lane[1]]
     threads = []
     try:
-        for make_pool, lane_tasks in lanes:
+        for make_pool, lane_tasks, budget in lanes:
             pool = make_pool()
             run.pools.append(pool)
             thread = threading.Thread(
-                target=_drain, args=(run, pool, lane_tasks), daemon=True, name="rtx-matrix-lane"
+                target=_drain,
+                args=(run, pool, lane_tasks, MemoryGate(budget)),
+                daemon=True,
+                name="rtx-matrix-lane",
             )
             threads.append(thread)
             thread.start()
@@ -140,31 +151,39 @@ PoolFactory = Callable[[], Pool]
 
 def _lanes(
     tasks: list[CellTask], options: RunOptions, gpu: Gpu | None
-) -> list[tuple[PoolFactory, list[CellTask]]]:
+) -> list[tuple[PoolFactory, list[CellTask], int | None]]:
     """Local: one pool for CPU cells, one single-worker pool for the GPU. Dask: the cluster
-    routes GPU cells to workers with the GPU resource, so one lane takes everything."""
+    routes GPU cells to workers with the GPU resource, so one lane takes everything.
+
+    Each lane comes with its memory budget. The GPU lane builds one cell at a time: the CPU
+    lane's budget leaves room for the biggest of its cells."""
     if options.scheduler is not None:
         from matrix.build.pools.dask_cluster import DaskBackend
 
         scheduler = options.scheduler
-        return [(lambda: DaskBackend(scheduler, options.timeout).__enter__(), tasks)]
+        return [(lambda: DaskBackend(scheduler, options.timeout).__enter__(), tasks, None)]
     from matrix.build.pools import local_pool
 
     cpu = [task for task in tasks if not task.on_gpu]
-    on_gpu = [task for task in tasks if task.on_gpu]
+    on_gpu = [task for task in tasks if task.on_gpu] if gpu is not None else []
     cpu_jobs = max(1, min(options.jobs, len(cpu)))
     warm = options.cpu_pool
-    lanes: list[tuple[PoolFactory, list[CellTask]]] = [
+    budget = options.memory_budget
+    cpu_budget = budget
+    if budget is not None and on_gpu:
+        cpu_budget = max(budget - max(task.request.expected_peak_bytes for task in on_gpu), 0)
+    lanes: list[tuple[PoolFactory, list[CellTask], int | None]] = [
         (
             lambda: warm if warm is not None else local_pool(cpu_jobs, options.timeout).__enter__(),
             cpu,
+            cpu_budget,
         )
     ]
     if on_gpu and gpu is not None:
         from matrix.gpu import cuda_env
 
         env = cuda_env(gpu)
-        lanes.append((lambda: local_pool(1, options.timeout, env).__enter__(), on_gpu))
+        lanes.append((lambda: local_pool(1, options.timeout, env).__enter__(), on_gpu, budget))
     return lanes
 
 
@@ -192,9 +211,9 @@ def _collect(
     return outcomes
 
 
-def _drain(run: Run, pool: Pool, tasks: list[CellTask]) -> None:
+def _drain(run: Run, pool: Pool, tasks: list[CellTask], gate: MemoryGate) -> None:
     try:
-        _drain_pool(run, pool, tasks)
+        _drain_pool(run, pool, tasks, gate)
     except BaseException as error:  # reported to the calling thread, which decides
         if not run.stop_starting.is_set():
             run.messages.put(("crash", error))
@@ -202,24 +221,51 @@ def _drain(run: Run, pool: Pool, tasks: list[CellTask]) -> None:
         run.messages.put(("done", None))
 
 
-def _drain_pool(run: Run, pool: Pool, tasks: list[CellTask]) -> None:
-    """Hand the pool one cell per free worker; stop handing them out after a failure."""
-    waiting = list(reversed(tasks))
+@dataclass(frozen=True)
+class _Waiting:
+    task: CellTask
+    alone: bool = False
+    """Retried after the OOM killer ended its first build: nothing builds beside it."""
+
+    @property
+    def need(self) -> int:
+        return self.task.request.expected_peak_bytes
+
+
+def _drain_pool(
+    run: Run, pool: Pool, tasks: list[CellTask], gate: MemoryGate | None = None
+) -> None:
+    """Hand the pool a cell whenever a worker is free and the memory `gate` lets it start;
+    stop handing them out after a failure. A cell whose worker the kernel's OOM killer
+    ended is retried once, alone, before any other starts."""
+    gate = gate or MemoryGate(None)
+    waiting = [_Waiting(task) for task in tasks]
     by_id = {task.request.cell_id: task for task in tasks}
-    in_flight = 0
+    building: dict[str, _Waiting] = {}
 
     def start_more() -> None:
-        nonlocal in_flight
-        batch: list[CellTask] = []
-        while waiting and in_flight + len(batch) < pool.jobs and not run.stop_starting.is_set():
-            batch.append(waiting.pop())
-        for task in batch:
-            pool.submit(task.request)
-        in_flight += len(batch)
+        batch: list[_Waiting] = []
+        while waiting and gate.building < pool.jobs and not run.stop_starting.is_set():
+            index = gate.next_to_start(waiting)
+            if index is None:
+                break
+            cell = waiting.pop(index)
+            gate.take(cell.need, cell.alone)
+            building[cell.task.request.cell_id] = cell
+            batch.append(cell)
+        for cell in batch:
+            pool.submit(cell.task.request)
 
     start_more()
     for result in pool.results(lambda event: run.messages.put(("event", event))):
-        in_flight -= 1
+        cell = building.pop(result.cell_id)
+        gate.give_back(cell.need)
+        if result.out_of_memory and not cell.alone and not run.stop_starting.is_set():
+            waiting.insert(0, _Waiting(cell.task, alone=True))
+            why = f"{result.error}; retrying alone"
+            run.messages.put(("event", ProgressEvent(result.cell_id, "retry", phase=why)))
+            start_more()
+            continue
         if not result.ok and not run.options.keep_going:
             run.stop_starting.set()
         start_more()  # before recording: the worker builds on while the lock is written
@@ -227,8 +273,8 @@ def _drain_pool(run: Run, pool: Pool, tasks: list[CellTask]) -> None:
         if outcome.status is Status.FAILED and not run.options.keep_going:
             run.stop_starting.set()  # also a built engine lost before it could be recorded
         run.messages.put(("outcome", outcome))
-    for task in reversed(waiting):
-        run.messages.put(("outcome", Outcome(task.request.cell_id, Status.NOT_STARTED)))
+    for cell in waiting:
+        run.messages.put(("outcome", Outcome(cell.task.request.cell_id, Status.NOT_STARTED)))
 
 
 def _record(run: Run, task: CellTask, result: BuildResult) -> Outcome:
@@ -246,8 +292,9 @@ def _record(run: Run, task: CellTask, result: BuildResult) -> Outcome:
     return Outcome(result.cell_id, Status.BUILT, result.seconds)
 
 
-def make_request(job_state: CellState) -> BuildRequest:
-    """What a worker needs to build one cell."""
+def make_request(job_state: CellState, expected_peak: int = 0) -> BuildRequest:
+    """What a worker needs to build one cell; `expected_peak`: bytes of memory it is
+    expected to need (`matrix.build.memory.expected_peak`)."""
     from matrix.plan.planner import expected_mask
 
     cell = job_state.cell
@@ -265,4 +312,5 @@ def make_request(job_state: CellState) -> BuildRequest:
         log_path=str(engine.with_suffix(".log")),
         expected_mask=expected_mask(cell),
         device=0,  # a GPU pool's environment makes its GPU CUDA device 0
+        expected_peak_bytes=expected_peak,
     )

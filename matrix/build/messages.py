@@ -27,6 +27,8 @@ class BuildRequest:
     """Engine-header CC mask the build must produce; None skips the check (GPU builds)."""
     device: int = 0
     """CUDA device for GPU builds."""
+    expected_peak_bytes: int = 0
+    """Memory the build is expected to need at its peak (`matrix.build.memory`); 0: unknown."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,19 @@ class BuildResult:
     io: tuple[TensorSpec, ...] = ()
     weights_bytes: int | None = None
     stripped_weights_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    """The worker's peak resident memory during this build alone; None when not measurable."""
+    out_of_memory: bool = False
+    """The kernel's out-of-memory killer ended the worker mid-build (`matrix.build.oom`)."""
 
 
 def one_line(text: str) -> str:
     """`text` with every run of whitespace, newlines included, as one space."""
     return " ".join(text.split())
+
+
+WRITING = "Writing engine"
+"""The phase of `write` events."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +66,11 @@ class ProgressEvent:
 
     cell_id: str
     kind: str
-    """`start`, `phase`, `step`, `end`."""
+    """`start`, `phase`, `step`, `write`, `end`; and `retry` from the executor, whose `phase`
+    says why the cell starts again."""
     phase: str = ""
     step: int = 0
+    """Steps done; for `write`, bytes of the engine written so far."""
     steps: int = 0
+    """The phase's step count; for `write`, the engine's size."""
     pid: int = 0

@@ -1,8 +1,10 @@
 """What a build run shows: live progress while it builds, a summary at the end.
 
 With a terminal: a rich Live display (batch done/total with an ETA from the lock's
-`build_seconds`, one line per running build with its builder phase). Without one: one plain
-line per finished cell. rich is imported only when something is displayed.
+`build_seconds`, one line per running build with its builder phase, elapsed time, and the
+bytes written while the engine is written). Without one: one plain line per finished cell,
+and for a cell building longer than `HEARTBEAT` seconds a line that often with its elapsed
+time and phase. rich is imported only when something is displayed.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from matrix.build.executor import Outcome, Status
-from matrix.build.messages import ProgressEvent
+from matrix.build.messages import WRITING, ProgressEvent
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,43 @@ class Batch:
             spent = now - started[cell] if cell in started else 0.0
             left += max(self.expected(cell) - spent, 0.0)
         return left / max(1, min(self.jobs, len(self.cells) - len(done) or 1))
+
+
+DOWNLOADING = "downloading"
+
+HEARTBEAT = 30.0
+"""Seconds between the plain display's lines about a cell still building."""
+
+
+@dataclass
+class Running:
+    """What is known of a cell building now."""
+
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting"
+    written: int = 0
+    size: int = 0
+
+    def note(self, event: ProgressEvent) -> None:
+        if event.kind == "phase":
+            self.phase = event.phase
+        elif event.kind == "step" and event.steps:
+            self.phase = f"{event.phase} {event.step}/{event.steps}"
+        elif event.kind == "write":
+            self.phase, self.written, self.size = event.phase, event.step, event.steps
+        elif event.kind == "download":
+            spent = time.monotonic() - self.started
+            self.phase = (f"{DOWNLOADING} {size_text(event.step)} of {size_text(event.steps)}, "
+                          f"{rate_text(event.step, spent)}")
+
+    def describe(self, now: float) -> str:
+        """`Writing engine 1.2 GiB of 2.0 GiB, 52.0 s`."""
+        from matrix.build.memory import memory_text
+
+        what = self.phase
+        if self.size and self.phase == WRITING:
+            what = f"{self.phase} {memory_text(self.written)} of {memory_text(self.size)}"
+        return f"{what}, {seconds_text(now - self.started)}"
 
 
 class Display:
@@ -71,28 +110,65 @@ class Display:
 
 
 class PlainDisplay(Display):
-    """One line per finished cell, for logs and pipes: `[3/12] built m@sm86 in 1.2 s`."""
+    """One line per finished cell, for logs and pipes: `[3/12] built m@sm86 in 1.2 s`; and
+    every HEARTBEAT seconds a line per cell still building."""
 
-    def __init__(self, out: TextIO, verbose: bool = False) -> None:
+    def __init__(self, out: TextIO, verbose: bool = False, heartbeat: float = HEARTBEAT) -> None:
         self.out = out
         self.verbose = verbose
+        self.heartbeat = heartbeat
         self.total = 0
         self.done = 0
+        self.running: dict[str, Running] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def start(self, batch: Batch) -> None:
         self.total = len(batch.cells)
+        self._ticker = threading.Thread(target=self._tick, daemon=True, name="rtx-matrix-beat")
+        self._ticker.start()
 
     def event(self, event: ProgressEvent) -> None:
-        if self.verbose and event.kind in ("start", "phase"):
+        with self._lock:
+            if event.kind == "start":
+                self.running[event.cell_id] = Running()
+            elif event.kind == "retry":
+                self.running.pop(event.cell_id, None)  # until it starts again
+            elif event.cell_id in self.running:
+                self.running[event.cell_id].note(event)
+        if event.kind == "retry":
+            self._line(f"      {event.cell_id}: {event.phase}")
+        elif self.verbose and event.kind in ("start", "phase"):
             what = "started" if event.kind == "start" else f"phase {event.phase}"
             self._line(f"      {event.cell_id}: {what}")
 
     def outcome(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.running.pop(outcome.cell_id, None)
         self.done += 1
         self._line(f"[{self.done}/{self.total}] {outcome_line(outcome)}")
 
     def note(self, text: str) -> None:
         self._line(text)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.heartbeat):
+            now = time.monotonic()
+            with self._lock:
+                lines = [
+                    f"      {cell}: {running.describe(now)}"
+                    for cell, running in sorted(self.running.items())
+                    if now - running.started >= self.heartbeat
+                ]
+            for line in lines:
+                self._line(line)
 
     def _line(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -110,7 +186,7 @@ class RichDisplay(Display):
         self.batch = Batch((), {}, 1)
         self.done: set[str] = set()
         self.started: dict[str, float] = {}
-        self.phases: dict[str, str] = {}
+        self.running: dict[str, Running] = {}
 
     def start(self, batch: Batch) -> None:
         from rich.live import Live
@@ -128,17 +204,14 @@ class RichDisplay(Display):
     def event(self, event: ProgressEvent) -> None:
         if event.kind == "start":
             self.started[event.cell_id] = time.monotonic()
-            self.phases[event.cell_id] = "starting"
-        elif event.kind == "phase":
-            self.phases[event.cell_id] = event.phase
-        elif event.kind == "step" and event.steps:
-            self.phases[event.cell_id] = f"{event.phase} {event.step}/{event.steps}"
-        elif event.kind == "download":
-            spent = time.monotonic() - self.started.get(event.cell_id, time.monotonic())
-            self.phases[event.cell_id] = (
-                f"downloading {size_text(event.step)} of {size_text(event.steps)}, "
-                f"{rate_text(event.step, spent)}"
-            )
+            self.running[event.cell_id] = Running()
+        elif event.kind == "retry":
+            self.running.pop(event.cell_id, None)
+            if self.live is not None:
+                self.live.console.print(f"{event.cell_id}: {event.phase}", markup=False,
+                                        highlight=False)
+        elif event.cell_id in self.running:
+            self.running[event.cell_id].note(event)
 
     def warn(self, text: str) -> None:
         if self.live is None:
@@ -154,7 +227,7 @@ class RichDisplay(Display):
 
     def outcome(self, outcome: Outcome) -> None:
         self.done.add(outcome.cell_id)
-        self.phases.pop(outcome.cell_id, None)
+        self.running.pop(outcome.cell_id, None)
         if self.live is not None and (self.verbose or outcome.status is Status.FAILED):
             self.live.console.print(outcome_line(outcome), markup=False, highlight=False)
 
@@ -164,18 +237,18 @@ class RichDisplay(Display):
             self.live = None
 
     def _render(self) -> Any:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table.grid(padding=(0, 2))
         total, done = len(self.batch.cells), len(self.done)
         eta = self.batch.eta(self.done, self.started)
-        fetching = any(phase.startswith("downloading") for phase in self.phases.values())
+        fetching = any(r.phase.startswith(DOWNLOADING) for r in dict(self.running).values())
         verb = "fetching" if fetching else "building"
         table.add_row(f"[bold]{verb}[/] {done}/{total}", f"ETA {seconds_text(eta)}")
         now = time.monotonic()
-        for cell, phase in sorted(self.phases.items()):
-            spent = now - self.started.get(cell, now)
-            table.add_row(f"  {cell}", f"[dim]{phase} ({spent:.1f} s)[/]")
+        for cell, running in sorted(dict(self.running).items()):  # a copy: Live's thread
+            table.add_row(f"  {cell}", f"[dim]{escape(running.describe(now))}[/]")
         return table
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from matrix.build.worker import Child
     from matrix.engine_cache.use import CacheUse
     from matrix.lockfile.survey import Survey
+    from matrix.lockfile.types import LockEntry
     from matrix.manifest.types import CacheSpec
 
 
@@ -49,6 +51,9 @@ class BuildSettings:
     """Seconds to wait for another build of the same output to end."""
     scheduler: str | None = None
     """A Dask scheduler address: build there instead of in local workers."""
+    memory: int | None = None
+    """Bytes the builds' expected peaks may add up to; None: the memory available now less
+    a margin (`matrix.build.memory.default_budget`)."""
     quiet: bool = False
     verbose: bool = False
     cache: CacheSpec | None = None
@@ -164,10 +169,14 @@ def build_stale(
     on_disk = lock_to_json(lock) if lock else None
     book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
     remove_stale_temp_files(make_request(s) for s in state.freshness.stale)
+    peaks = expected_peaks(state, entries)
+    budget = memory_budget(settings)
     display = make_display(settings.quiet, settings.verbose)
     cache = _from_cache(state, settings, display)
     pending = [s for s in state.to_build if s.cell.id not in cache.found]
-    tasks = [CellTask(s, make_request(s), s.cell.needs_gpu) for s in pending]
+    if settings.scheduler is None and not settings.fetch_only:
+        warn_oversized({s.cell.id: peaks[s.cell.id] for s in pending}, budget)
+    tasks = [CellTask(s, make_request(s, peaks[s.cell.id]), s.cell.needs_gpu) for s in pending]
     expected = {
         s.cell.id: entries[s.cell.id].build_seconds for s in state.to_build if s.cell.id in entries
     }
@@ -179,7 +188,9 @@ def build_stale(
         if workers is None and cache.session is not None and not settings.fetch_only:
             started_here = workers = _workers_for(tasks, settings)  # start while fetching
         fetched, refused = cache.fetch(state, book, display)
-        tasks += [CellTask(s, make_request(s), s.cell.needs_gpu) for s in refused]
+        tasks += [
+            CellTask(s, make_request(s, peaks[s.cell.id]), s.cell.needs_gpu) for s in refused
+        ]
         options = RunOptions(
             jobs=settings.jobs,
             keep_going=settings.keep_going,
@@ -187,6 +198,7 @@ def build_stale(
             scheduler=settings.scheduler,
             cpu_pool=workers,
             on_built=cache.on_built(),
+            memory_budget=budget,
         )
         if settings.fetch_only:
             built = [Outcome(t.request.cell_id, Status.NOT_STARTED, detail=cache.why_not(t))
@@ -227,6 +239,37 @@ def _from_cache(state: Survey, settings: BuildSettings, display: Display) -> Cac
     if settings.cache is None or not state.freshness.stale:
         return CacheUse(None)
     return CacheUse.look_up(settings.cache, state, display, settings.fetch_only)
+
+
+def expected_peaks(state: Survey, entries: Mapping[str, LockEntry]) -> dict[str, int]:
+    """Cell id -> bytes of memory its build is expected to need at its peak: what the lock
+    recorded last time while the model is the same, else the estimate from its size."""
+    from matrix.build.memory import expected_peak
+
+    peaks = {}
+    for pending in state.to_build:
+        cell = pending.cell
+        facts = state.plan.facts[cell.model.name]
+        entry = entries.get(cell.id)
+        recorded = entry.peak_rss_bytes if entry and entry.model.digest == facts.digest else None
+        peaks[cell.id] = expected_peak(recorded, facts.size)
+    return peaks
+
+
+def memory_budget(settings: BuildSettings) -> int | None:
+    from matrix.build.memory import available_memory, default_budget
+
+    if settings.memory is not None:
+        return settings.memory
+    return default_budget(available_memory())
+
+
+def warn_oversized(peaks: Mapping[str, int], budget: int | None) -> None:
+    from matrix.build.memory import oversized, oversized_warning
+
+    for cell in oversized(peaks, budget):
+        assert budget is not None
+        print(oversized_warning(cell, peaks[cell], budget), file=sys.stderr)
 
 
 def other_outcomes(state: Survey, fetched: Container[str] = ()) -> list[Outcome]:

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 
 STEP_INTERVAL = 0.1
-"""A child forwards at most one `step` event per phase this often: the display needs no
-more, and a small build emits a few hundred steps."""
+"""A child forwards at most one `step` event per phase this often, and as many `write`
+events (the last always): the display needs no more, and a small build emits a few hundred
+steps."""
 
 _HEADER = struct.Struct("!I")
 _PARENT_PID = "RTX_MATRIX_PARENT_PID"
@@ -171,6 +172,30 @@ def death(exitcode: int) -> str:
     return f"worker died: exit code {exitcode}"
 
 
+def died(
+    request: BuildRequest, started: float, exitcode: int, oom_kills_before: int | None
+) -> BuildResult:
+    """The result of a cell whose worker ended mid-build (call once it is reaped): out of
+    memory when the kernel's OOM killer did it (`matrix.build.oom`; `oom_kills_before`: its
+    count when the cell was handed out), else the plain death."""
+    from dataclasses import replace
+
+    from matrix.build.oom import killed_by_oom
+
+    if killed_by_oom(exitcode, oom_kills_before):
+        return replace(failed(request, started, out_of_memory(request)), out_of_memory=True)
+    return failed(request, started, death(exitcode))
+
+
+def out_of_memory(request: BuildRequest) -> str:
+    from matrix.build.memory import memory_text
+
+    need = request.expected_peak_bytes
+    return "killed: out of memory" + (
+        f" (this build needed about {memory_text(need)})" if need else ""
+    )
+
+
 def describe_error(error: BaseException) -> str:
     return " ".join(f"worker error: {type(error).__name__}: {error}".split())
 
@@ -214,15 +239,21 @@ def main() -> None:
         broken: BaseException | None = error
     else:
         broken = None
+    from dataclasses import replace
+
+    from matrix.build.peak_rss import PeakMeter
+
+    meter = PeakMeter()
     while (request := read_frame(sys.stdin.buffer)) is not None:
         started = time.monotonic()
+        meter.start()
         try:
             if broken is not None:
                 raise broken
             result = build(request, _StepThinner(frames).send)
         except Exception as error:  # this cell's failure, not the worker's
             result = failed(request, started, describe_error(error))
-        write_frame(frames, ("result", result))
+        write_frame(frames, ("result", replace(result, peak_rss_bytes=meter.peak())))
 
 
 def _die_with_parent() -> None:
@@ -250,7 +281,7 @@ class _StepThinner:
         self.last_step: dict[str, float] = {}
 
     def send(self, event: ProgressEvent) -> None:
-        if event.kind == "step":
+        if event.kind == "step" or (event.kind == "write" and event.step < event.steps):
             now = time.monotonic()
             if now - self.last_step.get(event.phase, 0.0) < STEP_INTERVAL:
                 return

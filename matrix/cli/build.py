@@ -54,6 +54,13 @@ def add_parser(subparsers: Any) -> None:
         help="parallel builds (default: number of cores)",
     )
     parser.add_argument(
+        "--memory",
+        type=_memory_size,
+        metavar="SIZE",
+        help="memory the builds may use at once (48GiB, 512MiB or bytes; default: the memory "
+        "available now less 10%%): a cell starts only when its expected peak fits",
+    )
+    parser.add_argument(
         "-k", "--keep-going", action="store_true", help="go on building other cells after a failure"
     )
     parser.add_argument(
@@ -115,6 +122,15 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _memory_size(text: str) -> int:
+    from matrix.manifest.loader import parse_size
+
+    size = parse_size(text.strip())
+    if size is None or size < 1:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (try 48GiB, 512MiB)")
+    return size
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -134,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         wait=args.wait,
         scheduler=scheduler(args),  # a bad flag combination fails before any work
+        memory=args.memory,
         quiet=args.quiet,
         verbose=args.verbose,
     )

@@ -148,6 +148,7 @@ def lock_entry(
         io=result.io,
         weights_bytes=result.weights_bytes,
         stripped_weights_bytes=result.stripped_weights_bytes,
+        peak_rss_bytes=result.peak_rss_bytes,
     )
 
 

@@ -123,6 +123,7 @@ def entry_to_dict(entry: LockEntry) -> dict[str, Any]:
         "io": [tensor_to_dict(tensor) for tensor in entry.io],
         "weights_bytes": entry.weights_bytes,
         "stripped_weights_bytes": entry.stripped_weights_bytes,
+        "peak_rss_bytes": entry.peak_rss_bytes,
         "source": entry.source,
     }
 
@@ -253,6 +254,7 @@ def entry_from_dict(data: Mapping[str, Any]) -> LockEntry:
         io=tuple(tensor_from_dict(tensor) for tensor in data.get("io") or ()),
         weights_bytes=_optional_int(data.get("weights_bytes")),
         stripped_weights_bytes=_optional_int(data.get("stripped_weights_bytes")),
+        peak_rss_bytes=_optional_int(data.get("peak_rss_bytes")),
         source=_str(data.get("source", "built")),
     )
 

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 LOCK_VERSION = 1
-VOLATILE_FIELDS = ("build_seconds", "built_at", "source")
+VOLATILE_FIELDS = ("build_seconds", "built_at", "source", "peak_rss_bytes")
 """Entry fields that differ between two builds of the same inputs even when engines match."""
 
 
@@ -68,6 +68,9 @@ class LockEntry:
     stripped_weights_bytes: int | None = None
     """Weightless engines: the bytes of weights refit puts back (`EngineStat.
     STRIPPED_WEIGHTS_SIZE`, readable only where the engine deserializes: a GPU it runs on)."""
+    peak_rss_bytes: int | None = None
+    """The build's peak resident memory (the worker process's), the next build's expected
+    need; None when it could not be measured."""
     source: str = "built"
     """Where the engine came from: `built` here, or the engine cache's URL (no credentials)."""
 

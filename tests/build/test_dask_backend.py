@@ -243,3 +243,23 @@ def test_dask_build_writes_the_same_lock_entries_as_a_local_build(
     assert local_lock is not None and dask_lock is not None
     assert len(dask_lock.engines) == 5
     assert comparable(dask_lock) == comparable(local_lock)
+
+
+def test_cells_ask_for_their_expected_peak_as_the_memory_resource(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """One worker with two threads and MEMORY for one cell: two cells build one after the
+    other; a cell needing more than any worker has asks for all of it, and still builds."""
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=":0", resources={"MEMORY": 1000}) as one, \
+            distributed.Client(one) as memory_client:
+        cells = [
+            request(tmp_path, models["fp16"], "a", ccs=("sm86",), expected_peak_bytes=600),
+            request(tmp_path, models["fp16"], "b", ccs=("sm89",), expected_peak_bytes=600),
+            request(tmp_path, models["fp16"], "huge", expected_peak_bytes=5000),
+        ]
+        with DaskBackend(memory_client, timeout=60) as backend:
+            results, seen = run(backend, cells)
+    assert all(result.ok for result in results.values()), results
+    starts_and_ends = [line.split()[0] for line in seen if not line.startswith("result")]
+    assert starts_and_ends == ["start", "end"] * 3  # never two building at once

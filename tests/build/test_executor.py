@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from matrix.build import executor
 from matrix.build.executor import CellTask, Outcome, Run, RunOptions, Status
+from matrix.build.memory import MemoryGate
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
@@ -112,3 +114,88 @@ def test_an_engine_gone_before_it_is_recorded_fails_its_cell(tmp_path: Path) -> 
     assert outcome.status is Status.FAILED
     assert outcome.detail.startswith("engine lost: [Errno 2] No such file or directory")
     assert not (tmp_path / "m.lock").exists()
+
+
+class ConcurrencyPool(FakePool):
+    """Stands in for WorkerPool in tests of hand-out only: records which cells were in
+    flight beside each one when it was submitted; `oom` cells end out of memory (as many
+    times as listed)."""
+
+    def __init__(self, jobs: int, oom: list[str] | None = None) -> None:
+        super().__init__(jobs, set())
+        self.beside: list[tuple[str, tuple[str, ...]]] = []
+        self.oom = list(oom or [])
+
+    def __enter__(self) -> ConcurrencyPool:
+        return self
+
+    def submit(self, request: BuildRequest) -> None:
+        self.beside.append((request.cell_id, tuple(r.cell_id for r in self.queue)))
+        super().submit(request)
+
+    def results(
+        self, on_event: Callable[[ProgressEvent], None] | None = None
+    ) -> Iterator[BuildResult]:
+        while self.queue:
+            request = self.queue.pop(0)
+            self.started.append(request.cell_id)
+            if request.cell_id in self.oom:
+                self.oom.remove(request.cell_id)
+                yield BuildResult(request.cell_id, False, 0.1, error="killed: out of memory",
+                                  out_of_memory=True)
+            else:
+                yield BuildResult(request.cell_id, True, 0.1)
+
+
+def memory_tasks(**needs: int) -> list[CellTask]:
+    return [
+        CellTask(t.state, replace(t.request, expected_peak_bytes=needs[t.request.cell_id]), False)
+        for t in fake_tasks(*needs)
+    ]
+
+
+def drain_memory(
+    pool: ConcurrencyPool, budget: int | None, keep_going: bool = True, **needs: int
+) -> list[tuple[str, Status, str]]:
+    run = Run(plan=None, book=None, options=RunOptions(pool.jobs, keep_going), gpu=None)  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(executor, "_record", lambda run, task, result: Outcome(
+            result.cell_id, Status.BUILT if result.ok else Status.FAILED, 0.1, result.error or ""))
+        executor._drain_pool(run, pool, memory_tasks(**needs), MemoryGate(budget))
+    messages = []
+    while not run.messages.empty():
+        kind, payload = run.messages.get()
+        if kind == "outcome":
+            messages.append((payload.cell_id, payload.status, payload.detail))
+        elif kind == "event" and payload.kind == "retry":
+            messages.append((payload.cell_id, "retry", payload.phase))  # type: ignore[arg-type]
+    return messages
+
+
+def test_orchestration_with_fake_builder_starts_only_what_fits_the_budget() -> None:
+    pool = ConcurrencyPool(jobs=4)
+    drain_memory(pool, 10 << 30, a=6 << 30, b=6 << 30, s1=1 << 30, s2=1 << 30)
+    assert pool.beside == [("a", ()), ("s1", ("a",)), ("s2", ("a", "s1")), ("b", ("s1", "s2"))]
+
+
+def test_orchestration_with_fake_builder_retries_an_oom_cell_once_alone() -> None:
+    pool = ConcurrencyPool(jobs=2, oom=["a"])
+    outcomes = drain_memory(pool, None, a=1 << 30, b=1 << 30, c=1 << 30)
+    assert outcomes == [
+        ("a", "retry", "killed: out of memory; retrying alone"),
+        ("b", Status.BUILT, ""),
+        ("a", Status.BUILT, ""),
+        ("c", Status.BUILT, ""),
+    ]
+    assert pool.beside == [("a", ()), ("b", ("a",)), ("a", ()), ("c", ())]
+
+
+def test_orchestration_with_fake_builder_fails_a_cell_out_of_memory_twice() -> None:
+    pool = ConcurrencyPool(jobs=2, oom=["a", "a"])
+    outcomes = drain_memory(pool, None, keep_going=False, a=1 << 30, b=1 << 30, c=1 << 30)
+    assert outcomes == [
+        ("a", "retry", "killed: out of memory; retrying alone"),
+        ("b", Status.BUILT, ""),
+        ("a", Status.FAILED, "killed: out of memory"),
+        ("c", Status.NOT_STARTED, ""),
+    ]

@@ -518,3 +518,21 @@ def test_early_workers_are_shut_when_the_run_builds_nothing(
     assert project.build() == 0
     assert capsys.readouterr().out == "3 cells up to date\n"
     assert [(p.shut, p.adopted) for p in pools] == [(1, 1)]  # the head start's worker too
+
+
+@pytest.mark.parametrize(("text", "size"), [("48GiB", 48 << 30), ("512MiB", 512 << 20),
+                                            ("1000", 1000), ("lots", None), ("0", None)])
+def test_memory_takes_a_size_or_a_byte_count(text: str, size: int | None, capsys: Any) -> None:
+    from matrix.cli import make_parser, parse
+
+    argv = ["build", "--memory", text, "m.yaml"]
+    if size is not None:
+        assert parse(make_parser(argv), argv).memory == size
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        parse(make_parser(argv), argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"rtx-matrix build: error: argument --memory: not a memory size: '{text}' "
+        "(try 48GiB, 512MiB)"
+    )

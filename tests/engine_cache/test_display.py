@@ -17,6 +17,7 @@ def test_a_download_shows_its_bytes_and_rate() -> None:
     display.batch = Batch(("a@sm86", "b@sm86"), {}, 2)
     display.event(ProgressEvent("a@sm86", "start"))
     display.started["a@sm86"] -= 0.5  # as if it started half a second ago
+    display.running["a@sm86"].started -= 0.5
     display.event(ProgressEvent("a@sm86", "download", step=3_000_000, steps=8_000_000))
     console = Console(file=io.StringIO(), width=100)
     console.print(display._render())

@@ -15,7 +15,9 @@ from matrix.lockfile.types import Lock, LockEntry, ModelRef, PlanIdentity, Tenso
 SHA = "a" * 64
 
 
-def entry(name: str = "m", sha: str = SHA, seconds: float = 0.5) -> LockEntry:
+def entry(
+    name: str = "m", sha: str = SHA, seconds: float = 0.5, peak: int | None = None
+) -> LockEntry:
     return LockEntry(
         path=f"engines/{name}/{name}@sm86.engine",
         sha256=sha,
@@ -32,6 +34,7 @@ def entry(name: str = "m", sha: str = SHA, seconds: float = 0.5) -> LockEntry:
         header_mask=4,
         io=(TensorSpec("x", "input", "fp32", (-1, 16)), TensorSpec("y", "output", "fp16", (-1,))),
         weights_bytes=1600,
+        peak_rss_bytes=peak,
     )
 
 
@@ -94,6 +97,21 @@ def test_a_lock_written_before_engine_facts_still_reads(tmp_path: Path) -> None:
         del data["engines"]["a@sm86"][field]
     old = lock_from_json(json.dumps(data)).engines["a@sm86"]
     assert (old.io, old.weights_bytes, old.stripped_weights_bytes) == ((), None, None)
+
+
+def test_peak_memory_is_a_line_of_its_own_and_optional() -> None:
+    text = lock_to_json(lock(**{"a@sm86": entry("a", peak=1010155520), "b@sm86": entry("b")}))
+    assert '      "peak_rss_bytes": 1010155520,\n' in text
+    assert '      "peak_rss_bytes": null,\n' in text
+    engines = lock_from_json(text).engines
+    assert engines["a@sm86"].peak_rss_bytes == 1010155520
+    assert engines["b@sm86"].peak_rss_bytes is None
+    older = json.loads(text)  # written before the field existed
+    del older["engines"]["a@sm86"]["peak_rss_bytes"]
+    assert lock_from_json(json.dumps(older)).engines["a@sm86"].peak_rss_bytes is None
+    older["engines"]["a@sm86"]["peak_rss_bytes"] = -1
+    with pytest.raises(InputError, match=r"peak_rss_bytes: -1 is less than the minimum of 0"):
+        lock_from_json(json.dumps(older), "m.lock")
 
 
 def test_absent_lock_is_none(tmp_path: Path) -> None:

@@ -10,6 +10,10 @@ Same interface as `matrix.build.pools.posix.WorkerPool` (context manager, `submi
 - Routing: GPU-needing cells (`use_gpu` or `weightless`) ask for the `GPU` resource, so they
   run only on workers started with `--resources GPU=1`. A cell no worker of the cluster can
   run fails at once instead of waiting forever.
+- Memory: when the workers advertise a `MEMORY` resource (bytes: `--resources
+  MEMORY=48e9`), each cell asks for its expected peak (`matrix.build.memory`), so a worker
+  never starts more builds than its memory holds. A cell that needs more than the largest
+  worker has asks for all of it: it builds alone there.
 - Output: when the workers see the output folder (a probe file written here and read there),
   they write engines and logs in place; otherwise they send the bytes back and the client
   writes them, atomically. Only the client writes the lock (the executor does that).
@@ -41,6 +45,7 @@ from matrix.atomic import write_atomic
 from matrix.build import worker as build_child
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.build.messages import one_line as _one_line
+from matrix.build.oom import oom_kills
 from matrix.build.pools import EventCallback, ignore
 from matrix.errors import UsageError
 
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 GPU_RESOURCE = "GPU"
+MEMORY_RESOURCE = "MEMORY"
 NO_GPU_WORKER = (
     "no Dask worker advertises the GPU resource this cell needs "
     "(start one with `dask worker SCHEDULER --resources GPU=1`)"
@@ -161,7 +167,7 @@ class DaskBackend:
         key = f"rtx-matrix-{request.cell_id}-{uuid.uuid4().hex[:8]}"
         future = self._client.submit(
             run_cell, request, self.timeout, shared, self._topic, key=key,
-            resources={GPU_RESOURCE: 1} if needs_gpu(request) else None, pure=False,
+            resources=_resources(request, self._worker_resources()) or None, pure=False,
         )
         self._submitted[key] = _Submitted(request, future)
         future.add_done_callback(lambda _: self._inbox.put(("done", key)))
@@ -274,6 +280,17 @@ def _connect(scheduler: str | Client) -> tuple[Any, bool]:
     except (OSError, TimeoutError, ValueError) as error:
         raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: "
                          f"{_one_line(str(error))}") from None
+
+
+def _resources(request: BuildRequest, workers: list[dict[str, float]]) -> dict[str, float]:
+    """What the cell asks of a worker: the GPU if it needs one, and its expected peak memory
+    when the workers count theirs (capped at the largest, where it then builds alone)."""
+    asked: dict[str, float] = {GPU_RESOURCE: 1} if needs_gpu(request) else {}
+    able = [w for w in workers if w.get(GPU_RESOURCE, 0) >= asked.get(GPU_RESOURCE, 0)]
+    largest = max((w.get(MEMORY_RESOURCE, 0) for w in able), default=0)
+    if largest > 0 and request.expected_peak_bytes > 0:
+        asked[MEMORY_RESOURCE] = min(float(request.expected_peak_bytes), largest)
+    return asked
 
 
 def _why_unrunnable(request: BuildRequest, resources: list[dict[str, float]]) -> str | None:
@@ -395,6 +412,7 @@ class _Child:
               publish: Callable[[dict[str, Any]], None]) -> BuildResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
+        kills_before = oom_kills()
         try:
             build_child.write_frame(self.proc.requests, request)
             while (frame := self._next(deadline)) is not None:
@@ -408,7 +426,7 @@ class _Child:
             return build_child.failed(request, started, f"timed out after {timeout:g} s")
         except OSError:
             pass  # it died: its exit code says how
-        return build_child.failed(request, started, build_child.death(self.proc.end()))
+        return build_child.died(request, started, self.proc.end(), kills_before)
 
     def _next(self, deadline: float | None) -> tuple[str, Any] | None:
         """The next frame; None at the end of the child's output. TimeoutError past

@@ -27,6 +27,7 @@ from types import TracebackType
 
 from matrix.build import worker as build_child
 from matrix.build.messages import BuildRequest, BuildResult
+from matrix.build.oom import oom_kills
 from matrix.build.pools import EventCallback, ignore
 from matrix.build.temp_files import remove_temp_files
 
@@ -37,6 +38,8 @@ _READ_SIZE = 1 << 16
 class _InFlight:
     request: BuildRequest
     handed_out: float
+    oom_kills: int | None
+    """The kernel's count of OOM kills at hand-out, to tell how a killed worker died."""
     started: float | None = None
     """When the worker said it began: a worker still starting up has not yet."""
 
@@ -218,6 +221,7 @@ class WorkerPool:
                     return
                 worker = self._start_worker()
             request = self._pending.popleft()
+            kills = oom_kills()
             if not _send(worker, request):
                 # Lost while idle: a fresh worker takes the cell. Should that one be gone
                 # too, its end of stream fails the cell with its exit code.
@@ -225,7 +229,7 @@ class WorkerPool:
                 worker.proc.end()
                 worker = self._start_worker()
                 _send(worker, request)
-            worker.cell = _InFlight(request, time.monotonic())
+            worker.cell = _InFlight(request, time.monotonic(), kills)
 
     def _forget(self, worker: _Worker) -> None:
         """Holding the lock: no more cells or reads for this worker."""
@@ -244,10 +248,9 @@ class WorkerPool:
             return
         if not chunk:
             code = self._retire(worker)
-            if worker.cell is not None:
-                yield build_child.failed(
-                    worker.cell.request, worker.cell.since, build_child.death(code)
-                )
+            lost = worker.cell
+            if lost is not None:
+                yield build_child.died(lost.request, lost.since, code, lost.oom_kills)
             return
         for kind, payload in worker.frames.feed(chunk):
             cell = worker.cell
