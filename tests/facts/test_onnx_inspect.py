@@ -40,7 +40,7 @@ def test_dtypes_and_fp32_gemm_of_generated_models(
 ) -> None:
     facts = inspect_model(make(tmp_path / "m.onnx"))
     assert facts.dtypes == dtypes
-    assert facts.fp32_gemm is fp32_gemm
+    assert bool(facts.found("fp32-gemm")) is fp32_gemm
 
 
 def test_facts_of_a_plain_model(tmp_path: Path) -> None:
@@ -94,9 +94,9 @@ def test_every_onnx_element_type_has_a_canonical_name(tmp_path: Path) -> None:
         TensorProto.UINT8: "int8",
         TensorProto.INT32: "int32",
         TensorProto.INT64: "int64",
-        TensorProto.FLOAT8E5M2: "fp8",
-        TensorProto.FLOAT8E4M3FNUZ: "fp8",
-        TensorProto.UINT4: "int4",
+        TensorProto.FLOAT8E5M2: "fp8e5m2",
+        TensorProto.FLOAT8E4M3FNUZ: "fp8e4m3fnuz",
+        TensorProto.UINT4: "uint4",
         TensorProto.UINT16: "uint16",
     }
     nodes = [helper.make_node("Cast", ["x"], [f"c{t}"], to=t) for t in casts]
@@ -145,7 +145,7 @@ def test_declared_types_are_used_when_shape_inference_fails(
     # The int8 zero points and the float32 scale of the DequantizeLinear feeding the
     # MatMul say it all without inferred value types.
     assert facts.dtypes == {"fp32", "int8"}
-    assert facts.fp32_gemm is True
+    assert [n.kind for n in facts.nodes] == ["fp32-gemm"]
 
 
 # --- digests -----------------------------------------------------------------------------
