@@ -20,14 +20,23 @@ from matrix.manifest.types import InputShape, Manifest, Model, ValueRange
 from matrix.manifest.yaml_nodes import child_path
 
 
-def gather_facts(manifest: Manifest, cache: FactsCache) -> dict[str, ModelFacts]:
-    """Facts keyed by model name; each distinct ONNX file is inspected once."""
+def gather_facts(
+    manifest: Manifest, cache: FactsCache, tensorrt_rtx: str | None = None
+) -> dict[str, ModelFacts]:
+    """Facts keyed by model name; each distinct ONNX file is inspected once.
+
+    With `tensorrt_rtx` (the installed library's version), each model also carries the ONNX
+    parser's verdict: cached, else asked of that library in child processes.
+    """
     by_file: dict[Path, ModelFacts | ModelFileError] = {}
-    facts: dict[str, ModelFacts] = {}
-    problems: list[Problem] = []
     for model in manifest.models:
         if model.onnx not in by_file:
             by_file[model.onnx] = _inspect(cache, model.onnx)
+    if tensorrt_rtx is not None:
+        _add_parser_checks(by_file, cache, tensorrt_rtx)
+    facts: dict[str, ModelFacts] = {}
+    problems: list[Problem] = []
+    for model in manifest.models:
         found = by_file[model.onnx]
         if isinstance(found, ModelFileError):
             where = f"$.models[{model.index}].onnx"
@@ -40,6 +49,25 @@ def gather_facts(manifest: Manifest, cache: FactsCache) -> dict[str, ModelFacts]
     if problems:
         raise InputError(problems)
     return facts
+
+
+def _add_parser_checks(
+    by_file: dict[Path, ModelFacts | ModelFileError], cache: FactsCache, tensorrt_rtx: str
+) -> None:
+    unchecked = [
+        path
+        for path, found in by_file.items()
+        if isinstance(found, ModelFacts)
+        and (found.parser is None or found.parser.tensorrt_rtx != tensorrt_rtx)
+    ]
+    if not unchecked:
+        return
+    from matrix.facts.parser_check import check_models
+
+    for path, check in check_models(unchecked, tensorrt_rtx).items():
+        found = by_file[path]
+        assert isinstance(found, ModelFacts)
+        by_file[path] = cache.add_parser_check(path, found, check)
 
 
 def _inspect(cache: FactsCache, path: Path) -> ModelFacts | ModelFileError:
