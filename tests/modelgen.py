@@ -291,6 +291,17 @@ def int8_qdq_matmul(path: Path, seed: int = 0) -> Path:
     return _qdq_matmul(path, TensorProto.INT8, weights, 0.01, "int8_qdq_matmul")
 
 
+def unfused_attention(path: Path, seed: int = 0) -> Path:
+    """An ONNX `Attention` (opset 23) the parser imports and the builder refuses on every
+    target (1.7.1: "Attention operation was not supported by a dedicated kernel"): a model
+    that passes the plan and fails only in the build."""
+    del seed
+    qkv = [_value(n, TensorProto.FLOAT16, [1, 2, 4, 8]) for n in ("q", "k", "v")]
+    nodes = [helper.make_node("Attention", ["q", "k", "v"], ["y"])]
+    out = [_value("y", TensorProto.FLOAT16, [1, 2, 4, 8])]
+    return _save(path, nodes, qkv, out, [], opset=23, name="unfused_attention")
+
+
 # --- structure --------------------------------------------------------------------------
 
 

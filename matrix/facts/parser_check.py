@@ -24,6 +24,9 @@ from typing import IO, Any
 
 from matrix.facts.types import ParserCheck, ParserError
 
+# Signals of a parser that crashed on the model (not SIGKILL: that may be the OOM killer,
+# or a user, and says nothing of the model). The builder parses the same way and crashes too.
+_CRASHES = {-11: "SIGSEGV", -6: "SIGABRT", -7: "SIGBUS", -8: "SIGFPE", -4: "SIGILL"}
 _CHILD_CODE = "from matrix.facts.parser_check import main; main()"
 _MAX_MESSAGE = 300
 # The parser wraps its reason in where-it-happened boilerplate: drop it, keep the reason.
@@ -35,8 +38,10 @@ _NOISE = (
     re.compile(r"\.? ?In \w+ at /_src/\S+\)?"),
 )
 _REPEATED = re.compile(r"^(.+?): \1")
-# `Assertion failed: expr(...): reason` or `Assertion failed: expr && "reason"`.
-_ASSERTION = re.compile(r"Assertion failed: (?:.*?\)(?: && \"(?P<quoted>[^\"]*)\"|: ))")
+# An assertion's source text before its reason: `expr(...): Reason` or `expr && "reason"`.
+_ASSERTION = re.compile(
+    r'^(?:Assertion failed: )?(?:[^"]*? && "(?P<quoted>[^"]*)"|\S.*?[)\d]: (?=[A-Z]))'
+)
 
 
 def check_models(
@@ -49,12 +54,16 @@ def check_models(
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(jobs) as pool:
-        answers = list(pool.map(_run_child, _balanced(paths, jobs)))
-    verdicts: dict[Path, ParserCheck] = {}
-    for line in (line for text in answers for line in text.splitlines()):
-        path, errors = _decode(line)
-        if path is not None:
-            verdicts[path] = ParserCheck(tensorrt_rtx, errors)
+        runs = list(pool.map(_run_child, _balanced(paths, jobs)))
+        verdicts = {p: ParserCheck(tensorrt_rtx, e) for answers, _ in runs for p, e in answers}
+        # A child that died left its models unanswered: each goes again alone, to tell the
+        # model that crashes the parser from those that only shared its child.
+        missing = [[p] for p in paths if p not in verdicts]
+        for alone, (answers, code) in zip(missing, pool.map(_run_child, missing), strict=True):
+            verdicts.update((p, ParserCheck(tensorrt_rtx, e)) for p, e in answers)
+            if not answers and code in _CRASHES:
+                crash = ParserError("", "", f"the parser crashed ({_CRASHES[code]})")
+                verdicts[alone[0]] = ParserCheck(tensorrt_rtx, (crash,))
     return verdicts
 
 
@@ -77,8 +86,8 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _run_child(paths: list[Path]) -> str:
-    """The answers of one child for `paths`; what it answered before dying, if it died."""
+def _run_child(paths: list[Path]) -> tuple[list[tuple[Path, tuple[ParserError, ...]]], int]:
+    """What one child answered for `paths` (all of them, unless it died) and its exit code."""
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD_CODE],
         stdin=subprocess.PIPE,
@@ -87,24 +96,27 @@ def _run_child(paths: list[Path]) -> str:
         text=True,
     )
     out, _ = child.communicate("".join(f"{os.fspath(p)}\n" for p in paths))
-    return out
+    answers = [answer for answer in map(_decode, out.splitlines()) if answer is not None]
+    return answers, child.returncode
 
 
-def _decode(line: str) -> tuple[Path | None, tuple[ParserError, ...]]:
+def _decode(line: str) -> tuple[Path, tuple[ParserError, ...]] | None:
     try:
         data = json.loads(line)
         errors = tuple(ParserError(str(n), str(o), str(m)) for n, o, m in data["errors"])
         return Path(data["path"]), errors
     except (ValueError, KeyError, TypeError):
-        return None, ()
+        return None
 
 
 def clean_message(text: str) -> str:
     """One line of the parser's reason, without its source-location boilerplate."""
-    text = _ASSERTION.sub(lambda m: m.group("quoted") or "", text)
     for pattern in _NOISE:
         text = pattern.sub("", text)
+    text = _ASSERTION.sub(lambda m: m.group("quoted") or "", text.strip())
     text = _REPEATED.sub(r"\1", " ".join(text.split()))
+    if text in ("", "false"):  # what it says of an operator it has no importer for
+        text = "unsupported operator"
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
@@ -146,7 +158,19 @@ def _parse(trt: Any, logger: Any, path: str) -> list[tuple[str, str, str]]:
     errors = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
-        errors.append(
-            (str(error.node_name()), str(error.node_operator()), clean_message(error.desc()))
-        )
-    return errors or [("", "", "the parser failed without a message")]
+        node = str(error.node_name()) or _node_label(path, int(error.node()))
+        errors.append((node, str(error.node_operator()), clean_message(error.desc())))
+    return list(dict.fromkeys(errors)) or [("", "", "the parser failed without a message")]
+
+
+def _node_label(path: str, index: int) -> str:
+    """An unnamed node goes by its first output, as everywhere in rtx-matrix."""
+    if index < 0:
+        return ""
+    import onnx
+
+    try:
+        node = onnx.load(path, load_external_data=False).graph.node[index]
+    except Exception:  # a label is a nicety: never lose the verdict over it
+        return ""
+    return str(node.name or (node.output[0] if node.output else ""))
