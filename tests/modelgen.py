@@ -73,12 +73,12 @@ def _weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
 
 def _float(name: str, elem: int, array: np.ndarray) -> onnx.TensorProto:
     """`array` as a FLOAT, FLOAT16 or DOUBLE initializer."""
-    numpy_type = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
-    data = np.ascontiguousarray(array, dtype=numpy_type.get(elem, np.float64))
+    numpy_type = {int(TensorProto.FLOAT): "float32", int(TensorProto.FLOAT16): "float16"}
+    data = np.ascontiguousarray(array, dtype=numpy_type.get(elem, "float64"))
     return helper.make_tensor(name, elem, data.shape, data.tobytes(), raw=True)
 
 
-_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
          TensorProto.INT2: 2, TensorProto.UINT2: 2}  # fmt: skip
 
 

@@ -275,3 +275,48 @@ def test_inspection_never_loads_external_weights(
     monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", forbidden)
     facts: ModelFacts = inspect_model(path)
     assert facts.size > 1 << 16
+
+
+F16, F64 = TensorProto.FLOAT16, TensorProto.DOUBLE
+
+
+@pytest.mark.parametrize(
+    ("make", "found"),
+    [
+        (modelgen.conv3d, [("fp32-conv3d", "Conv", "FP32")]),
+        (
+            lambda p: modelgen.conv3d(p, transpose=True),
+            [("fp32-deconv3d", "ConvTranspose", "FP32")],
+        ),
+        (lambda p: modelgen.conv3d(p, elem=F64), [("fp32-conv3d", "Conv", "DOUBLE")]),
+        (lambda p: modelgen.conv3d(p, elem=F16), []),
+        (modelgen.einsum, [("fp32-gemm", "Einsum", "FP32")]),
+        (lambda p: modelgen.einsum(p, equation="ij->ji"), []),
+        (modelgen.matmul, [("fp32-gemm", "MatMul", "DOUBLE")]),
+        (lambda p: modelgen.recurrent(p, op="GRU"), [("fp32-gemm", "GRU", "FP32")]),
+        (lambda p: modelgen.recurrent(p, elem=F16), []),
+        (modelgen.fp32_matmul_in_fp16_casts, []),
+        (modelgen.shape_matmul, []),
+        (modelgen.conv_fp32, []),
+        (modelgen.cast_output, [("hw-dtype-op", "Cast", "makes 'y' (FP8)")]),
+        (modelgen.quantized_io, []),
+        (modelgen.quantized_weights_via, [("quantized-constant", "Transpose", "'wq' (INT8)")]),
+        (
+            lambda p: modelgen.quantized_weights_via(p, op="Identity"),
+            [("quantized-constant", "Identity", "'wq' (INT8)")],
+        ),
+        (modelgen.int8_qdq_conv, []),
+        (modelgen.int4_weights_matmul, []),
+    ],
+)
+def test_nodes_a_rule_may_refuse(
+    tmp_path: Path, make: Callable[[Path], Path], found: list[tuple[str, str, str]]
+) -> None:
+    facts = inspect_model(make(tmp_path / "m.onnx"))
+    assert [(n.kind, n.op, n.detail) for n in facts.nodes] == found
+
+
+def test_dtypes_the_library_cannot_import_keep_their_own_names(tmp_path: Path) -> None:
+    for elem, name in ((TensorProto.FLOAT8E5M2, "fp8e5m2"), (TensorProto.INT2, "int2")):
+        facts = inspect_model(modelgen.dq_weights_matmul(tmp_path / f"{name}.onnx", elem=elem))
+        assert name in facts.dtypes and "fp8" not in facts.dtypes
