@@ -129,19 +129,19 @@ RULES_1_7 = RuleSet(
             nf.FP32_GEMM: NodeRule(
                 TURING_FP32_GEMM,
                 (SM75,),
-                "{op} node {node!r}{more} computes a {detail} GEMM, which TensorRT-RTX cannot "
+                "{op} node {node!r}{more} computes a GEMM in {detail}, which TensorRT-RTX cannot "
                 "compile for {ccs} (no FP32 GEMM on Turing; DOUBLE runs as FP32); " + _TO_FP16,
             ),
             nf.FP32_CONV3D: NodeRule(
                 TURING_FP32_CONV3D,
                 (SM75,),
-                "{op} node {node!r}{more} is a {detail} 3D convolution, which TensorRT-RTX "
+                "{op} node {node!r}{more} is a 3D convolution in {detail}, which TensorRT-RTX "
                 "cannot compile for {ccs}; " + _TO_FP16,
             ),
             nf.FP32_DECONV3D: NodeRule(
                 TURING_FP32_CONV3D,
                 (SM75,),
-                "{op} node {node!r}{more} is a {detail} 3D deconvolution, which TensorRT-RTX "
+                "{op} node {node!r}{more} is a 3D deconvolution in {detail}, which TensorRT-RTX "
                 "cannot compile for {ccs}; " + _TO_FP16,
             ),
             nf.HW_DTYPE_OP: NodeRule(
