@@ -83,7 +83,7 @@ def generated() -> dict[str, Make]:
         for elem, tag in ((T.FLOAT, "fp32"), (T.FLOAT16, "fp16")):
             models[f"{op.lower()}-{tag}"] = partial(mg.recurrent, op=op, elem=elem)
     for name in (
-        "INT8", "UINT8", "INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT8E4M3FN",
+        "INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT8E4M3FN",
         "FLOAT8E5M2", "FLOAT8E4M3FNUZ", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
     ):  # fmt: skip
         models[f"dq-weights-{name.lower()}"] = partial(mg.dq_weights_matmul, elem=getattr(T, name))
@@ -277,12 +277,18 @@ def _fp16(fixed: Path, options: dict[str, Any], out: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The quantizers log warnings by the hundred through `logging` and print."""
+    """The quantizers warn by the hundred through `logging`, `warnings` and print."""
     import logging
+    import warnings
 
     logging.disable(logging.WARNING)
     try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        with (
+            open(os.devnull, "w") as devnull,
+            contextlib.redirect_stdout(devnull),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
             yield
     finally:
         logging.disable(logging.NOTSET)

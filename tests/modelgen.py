@@ -83,13 +83,14 @@ _BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.
 
 
 def _lowbit(name: str, elem: int, dims: Sequence[int], seed: int = 0) -> onnx.TensorProto:
-    """Random values of a 2-, 4- or 8-bit type, never NaN for the 8-bit floats."""
+    """Random values of a 2-, 4-, 8- or 16-bit type, never NaN for the 8-bit floats."""
     count = int(np.prod(dims))
     rng = _rng(seed)
     if elem in _BITS:
         payload = _packed_nibbles(rng, (count * _BITS[elem] + 3) // 4)
-    elif elem in (TensorProto.INT8, TensorProto.UINT8):
-        payload = rng.integers(0, 64, size=count, dtype=np.uint8).tobytes()
+    elif elem in (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16):
+        size = count * (2 if elem in (TensorProto.INT16, TensorProto.UINT16) else 1)
+        payload = rng.integers(0, 64, size=size, dtype=np.uint8).tobytes()
     else:
         payload = _fp8_e4m3_bytes(rng, count)
     return _raw(name, elem, dims, payload)
