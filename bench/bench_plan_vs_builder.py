@@ -83,8 +83,8 @@ def generated() -> dict[str, Make]:
         for elem, tag in ((T.FLOAT, "fp32"), (T.FLOAT16, "fp16")):
             models[f"{op.lower()}-{tag}"] = partial(mg.recurrent, op=op, elem=elem)
     for name in (
-        "INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1", "FLOAT8E4M3FN",
-        "FLOAT8E5M2", "FLOAT8E4M3FNUZ", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
+        "INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1",
+        "FLOAT8E4M3FN", "FLOAT8E5M2", "FLOAT8E4M3FNUZ", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
     ):  # fmt: skip
         models[f"dq-weights-{name.lower()}"] = partial(mg.dq_weights_matmul, elem=getattr(T, name))
     for name in ("FLOAT8E4M3FN", "FLOAT4E2M1", "INT4", "INT8", "BFLOAT16"):
@@ -129,10 +129,16 @@ def quantizer_outputs(folder: Path) -> Iterator[Path]:
         print(f"quantizer corpus skipped ({error}): pip install -e '.[corpus]'")
         return
     source = Path(rapidocr_onnxruntime.__file__).parent / "models"
-    for name, (file, shape) in OCR.items():
+    sources: dict[str, tuple[Make, list[int]]] = {
+        name: (partial(_fix_shape, source / file, shape), shape)
+        for name, (file, shape) in OCR.items()
+    }
+    # The OCR models' MatMuls are not MatMulNBits material: a small MLP's are.
+    sources["mlp"] = (partial(mg.mlp_fp32, features=64), [1, 64])
+    for name, (make_source, shape) in sources.items():
         fixed = folder / f"{name}-fp32.onnx"
         if not fixed.exists():
-            _fix_shape(source / file, shape, fixed)
+            make_source(fixed)
         yield fixed
         for label, make in _variants(fixed, shape).items():
             out = folder / f"{name}-{label}.onnx"
@@ -146,7 +152,7 @@ def quantizer_outputs(folder: Path) -> Iterator[Path]:
             yield out
 
 
-def _fix_shape(source: Path, shape: list[int], out: Path) -> None:
+def _fix_shape(source: Path, shape: list[int], out: Path) -> Path:
     import onnx
 
     model = onnx.load(str(source))
@@ -158,6 +164,7 @@ def _fix_shape(source: Path, shape: list[int], out: Path) -> None:
             dim.ClearField("dim_param")
     del model.graph.value_info[:]
     onnx.save(onnx.shape_inference.infer_shapes(model), str(out))
+    return out
 
 
 def _variants(fixed: Path, shape: list[int]) -> dict[str, Make]:
@@ -260,7 +267,7 @@ def _nbits(fixed: Path, fmt: Any, symmetric: bool, out: Path) -> None:
         MatMulNBitsQuantizer,
     )
 
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, quant_format=fmt)
+    config = DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=symmetric, quant_format=fmt)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(fixed)), algo_config=config)
     quantizer.process()
     if not any(n.op_type in ("MatMulNBits", "DequantizeLinear") for n in quantizer.model.nodes()):
