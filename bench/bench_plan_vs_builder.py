@@ -91,6 +91,8 @@ def generated() -> dict[str, Make]:
         models[f"cast-out-{name.lower()}"] = partial(mg.cast_output, elem=getattr(T, name))
     for name in ("FLOAT8E4M3FN", "FLOAT4E2M1", "INT4", "INT8"):
         models[f"io-{name.lower()}"] = partial(mg.quantized_io, elem=getattr(T, name))
+    for shape in ((), (1,)):
+        models[f"int8-constant-rank{len(shape)}"] = partial(mg.dequantized_constant, shape=shape)
     for op in ("Transpose", "Identity"):
         models[f"int8-weights-via-{op.lower()}"] = partial(mg.quantized_weights_via, op=op)
     qdq: dict[str, dict[str, Any]] = {

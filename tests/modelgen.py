@@ -522,6 +522,25 @@ def quantized_weights_via(path: Path, seed: int = 0, op: str = "Transpose") -> P
     )
 
 
+def dequantized_constant(path: Path, seed: int = 0, shape: Sequence[int] = ()) -> Path:
+    """x[4,16] + DequantizeLinear(an INT8 constant of `shape`), as onnxruntime quantizes the
+    constants of a hardswish: rank 0 is refused on every target, shape [1] builds."""
+    del seed
+    nodes = [
+        helper.make_node("DequantizeLinear", ["c", "cs"], ["cd"]),
+        helper.make_node("Add", ["x", "cd"], ["y"]),
+    ]
+    constant = _raw("c", TensorProto.INT8, list(shape), bytes([30]) * int(np.prod(shape)))
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [4, 16])],
+        [_value("y", TensorProto.FLOAT, [4, 16])],
+        [constant, _f32("cs", np.array(0.1))],
+        name="dequantized_constant",
+    )
+
+
 def qdq_conv(
     path: Path,
     seed: int = 0,

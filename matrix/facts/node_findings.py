@@ -22,6 +22,8 @@ HW_DTYPE_OP = "hw-dtype-op"
 """An FP8/FP4/INT4 tensor produced or consumed by an op that cannot hold it."""
 QUANTIZED_CONSTANT = "quantized-constant"
 """An INT8/FP8/INT4/FP4 constant used by something other than a Q/DQ node."""
+QUANTIZED_SCALAR = "quantized-scalar"
+"""An INT8/FP8/INT4/FP4 constant of rank 0 dequantized (onnxruntime quantizes scalars)."""
 
 # ONNX TensorProto element types (numbers fixed by the ONNX standard).
 FLOAT, UINT8, INT8, FLOAT16, DOUBLE = 1, 2, 3, 10, 11
@@ -214,7 +216,15 @@ def _quantized_constants(graph: Graph) -> Iterator[NodeFinding]:
         dtype = graph.types.get(tensor, 0)
         if dtype not in _QUANTIZED:
             continue
+        label = f"{tensor!r} ({_QUANTIZED[dtype]})"
         for consumer in graph.consumers.get(tensor, []):
             if consumer.op_type not in _QDQ:
-                label = f"{tensor!r} ({_QUANTIZED[dtype]})"
                 yield NodeFinding(QUANTIZED_CONSTANT, _name(consumer), consumer.op_type, label)
+            elif (
+                consumer.op_type == "DequantizeLinear"
+                and consumer.input[0] == tensor
+                and graph.ranks.get(tensor) == 0
+            ):
+                # Measured: a rank-0 one is refused like one not fed straight to its DQ (the
+                # library reshapes it first); shape [1] builds. Zero points are not input 0.
+                yield NodeFinding(QUANTIZED_SCALAR, _name(consumer), consumer.op_type, label)

@@ -401,8 +401,11 @@ def _graph(model: Any, types: dict[str, int]) -> Graph:
             constants.add(tensor.name)
         for node in g.node:
             nodes.append(node)
-            if node.op_type == "Constant":
-                constants.update(o for o in node.output if o)
+            if node.op_type == "Constant" and node.output:
+                constants.add(node.output[0])
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        ranks[node.output[0]] = len(attribute.t.dims)
     outputs = {v.name for v in model.graph.output}
     return Graph(nodes=nodes, types=types, ranks=ranks, constants=constants, outputs=outputs)
 

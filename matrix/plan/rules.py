@@ -33,6 +33,7 @@ DTYPE_UNSUPPORTED = "dtype-unsupported"
 TURING_FP32_CONV3D = "turing-fp32-conv3d"
 HW_DTYPE_OUTSIDE_QDQ = "hw-dtype-outside-qdq"
 QUANTIZED_CONSTANT = "quantized-constant-needs-dq"
+QUANTIZED_SCALAR = "quantized-scalar"
 PARSER_UNSUPPORTED = "parser-unsupported"
 QDQ_ZERO_POINT = "qdq-zero-point"
 QDQ_INT32_BIAS = "qdq-int32-bias"
@@ -157,6 +158,13 @@ RULES_1_7 = RuleSet(
                 "the quantized constant {detail} goes into {op} node {node!r}{more}, not straight "
                 "into a DequantizeLinear as TensorRT-RTX requires: move the {op} after the "
                 "DequantizeLinear, or fold it into the stored weights",
+            ),
+            nf.QUANTIZED_SCALAR: NodeRule(
+                QUANTIZED_SCALAR,
+                None,
+                "{op} node {node!r}{more} dequantizes the scalar {detail}: TensorRT-RTX refuses "
+                "a quantized constant of rank 0; give it shape [1], or keep such constants in "
+                "float (onnxruntime quantizes them: leave their nodes out of quantization)",
             ),
         }
     ),

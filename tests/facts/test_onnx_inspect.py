@@ -307,6 +307,8 @@ F16, F64 = TensorProto.FLOAT16, TensorProto.DOUBLE
         ),
         (modelgen.int8_qdq_conv, []),
         (modelgen.int4_weights_matmul, []),
+        (modelgen.dequantized_constant, [("quantized-scalar", "DequantizeLinear", "'c' (INT8)")]),
+        (lambda p: modelgen.dequantized_constant(p, shape=(1,)), []),
     ],
 )
 def test_nodes_a_rule_may_refuse(

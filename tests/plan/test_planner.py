@@ -265,7 +265,11 @@ def test_turing_node_rules_reject_sm75_only(kind: str, rule: str) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "rule"),
-    [(nf.HW_DTYPE_OP, R.HW_DTYPE_OUTSIDE_QDQ), (nf.QUANTIZED_CONSTANT, R.QUANTIZED_CONSTANT)],
+    [
+        (nf.HW_DTYPE_OP, R.HW_DTYPE_OUTSIDE_QDQ),
+        (nf.QUANTIZED_CONSTANT, R.QUANTIZED_CONSTANT),
+        (nf.QUANTIZED_SCALAR, R.QUANTIZED_SCALAR),
+    ],
 )
 def test_everywhere_node_rules_reject_every_target(kind: str, rule: str) -> None:
     f = facts(FP16, nodes=(finding(kind, op="Cast", detail="makes 'y' (FP8)"),))

@@ -136,6 +136,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...], str | None]] = {
     ),
     "fp8-io": (modelgen.quantized_io, ("sm86", "sm89"), None),
     "int8-via-transpose": (modelgen.quantized_weights_via, EVERYWHERE, R.QUANTIZED_CONSTANT),
+    "int8-scalar": (modelgen.dequantized_constant, EVERYWHERE, R.QUANTIZED_SCALAR),
+    "int8-one-element": (partial(modelgen.dequantized_constant, shape=(1,)), ("sm75",), None),
     "fp8e5m2-weights": (modelgen.dq_weights_matmul, PARSE_ONLY, R.DTYPE_UNSUPPORTED),
     "int2-weights": (
         partial(modelgen.dq_weights_matmul, elem=TensorProto.INT2),
