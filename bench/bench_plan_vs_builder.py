@@ -136,7 +136,7 @@ def quantizer_outputs(folder: Path) -> Iterator[Path]:
         for name, (file, shape) in OCR.items()
     }
     # The OCR models' MatMuls are not MatMulNBits material: a small MLP's are.
-    sources["mlp"] = (partial(mg.mlp_fp32, features=64), [1, 64])
+    sources["mlp64"] = (partial(mg.mlp_fp32, features=64), [1, 64])
     for name, (make_source, shape) in sources.items():
         fixed = folder / f"{name}-fp32.onnx"
         if not fixed.exists():
