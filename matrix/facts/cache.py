@@ -52,6 +52,11 @@ class FactsCache:
             _store_entry(entry_file, _entry(path, after, facts, read_at))
         return facts
 
+    def peek(self, path: Path) -> ModelFacts | None:
+        """The cached facts when the model's files are unchanged; None, never an inspection."""
+        path = Path(os.path.abspath(path))
+        return _cached(self.entry_path(path), path)
+
     def add_parser_check(self, path: Path, facts: ModelFacts, check: ParserCheck) -> ModelFacts:
         """`facts` with the parser's verdict, stored with them while the files are unchanged
         (the verdict is for the bytes the facts' digest names, and for one library version)."""

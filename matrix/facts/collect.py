@@ -9,15 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matrix.errors import InputError, Problem
 from matrix.facts.cache import FactsCache
 from matrix.facts.onnx_inspect import ModelFileError
-from matrix.facts.types import INTEGER_DTYPES, ModelFacts, TensorInfo
+from matrix.facts.types import INTEGER_DTYPES, ModelFacts, ParserCheck, TensorInfo
 from matrix.manifest.loader import display_path
 from matrix.manifest.suggest import did_you_mean
 from matrix.manifest.types import InputShape, Manifest, Model, ValueRange
 from matrix.manifest.yaml_nodes import child_path
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 def gather_facts(
@@ -28,12 +32,18 @@ def gather_facts(
     With `tensorrt_rtx` (the installed library's version), each model also carries the ONNX
     parser's verdict: cached, else asked of that library in child processes.
     """
-    by_file: dict[Path, ModelFacts | ModelFileError] = {}
-    for model in manifest.models:
-        if model.onnx not in by_file:
-            by_file[model.onnx] = _inspect(cache, model.onnx)
+    cached = {path: cache.peek(path) for path in dict.fromkeys(m.onnx for m in manifest.models)}
+    parsing = None
     if tensorrt_rtx is not None:
-        _add_parser_checks(by_file, cache, tensorrt_rtx)
+        unchecked = [
+            path
+            for path, found in cached.items()
+            if not _checked(found, tensorrt_rtx) and path.is_file()
+        ]
+        parsing = _start_parser_checks(unchecked, tensorrt_rtx) if unchecked else None
+    by_file = {path: found or _inspect(cache, path) for path, found in cached.items()}
+    if parsing is not None:
+        _add_parser_checks(by_file, cache, parsing.result())
     facts: dict[str, ModelFacts] = {}
     problems: list[Problem] = []
     for model in manifest.models:
@@ -51,23 +61,37 @@ def gather_facts(
     return facts
 
 
-def _add_parser_checks(
-    by_file: dict[Path, ModelFacts | ModelFileError], cache: FactsCache, tensorrt_rtx: str
-) -> None:
-    unchecked = [
-        path
-        for path, found in by_file.items()
-        if isinstance(found, ModelFacts)
-        and (found.parser is None or found.parser.tensorrt_rtx != tensorrt_rtx)
-    ]
-    if not unchecked:
-        return
+def _start_parser_checks(
+    unchecked: list[Path], tensorrt_rtx: str
+) -> Future[dict[Path, ParserCheck]]:
+    """The parser's verdicts, asked while the caller inspects the models: the children's
+    library import overlaps the parent's `onnx` import."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from matrix.facts.parser_check import check_models
 
-    for path, check in check_models(unchecked, tensorrt_rtx).items():
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(check_models, unchecked, tensorrt_rtx)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _checked(facts: ModelFacts | None, tensorrt_rtx: str) -> bool:
+    return (
+        facts is not None and facts.parser is not None and facts.parser.tensorrt_rtx == tensorrt_rtx
+    )
+
+
+def _add_parser_checks(
+    by_file: dict[Path, ModelFacts | ModelFileError],
+    cache: FactsCache,
+    verdicts: dict[Path, ParserCheck],
+) -> None:
+    for path, check in verdicts.items():
         found = by_file[path]
-        assert isinstance(found, ModelFacts)
-        by_file[path] = cache.add_parser_check(path, found, check)
+        if isinstance(found, ModelFacts):  # a file that is no model is bad input already
+            by_file[path] = cache.add_parser_check(path, found, check)
 
 
 def _inspect(cache: FactsCache, path: Path) -> ModelFacts | ModelFileError:
