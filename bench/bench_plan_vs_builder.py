@@ -324,6 +324,7 @@ def plan(manifest: Path, cache: Path) -> tuple[float, dict[str, Any]]:
         capture_output=True,
         text=True,
         env=env,
+        cwd=ROOT,  # `-m matrix` imports the package of this checkout
     )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
