@@ -246,4 +246,4 @@ def test_a_model_the_parser_refuses_is_rejected_everywhere_without_importing_the
     assert done.stderr.splitlines() == [
         f"error: pool@{t}: {message}" for t in ("default", "sm75", "sm120")
     ]
-    assert done.stdout.splitlines()[-1] == "1 build, 3 rejected"
+    assert done.stdout.splitlines()[-1] == "1 build, 3 rejected (3 parser-unsupported)"
