@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from matrix.build.messages import BuildRequest
-from matrix.facts.types import FP32, ModelFacts, TensorInfo
+from matrix.facts.node_findings import FP32_GEMM
+from matrix.facts.types import FP32, ModelFacts, NodeFinding, ParserCheck, TensorInfo
 from matrix.manifest.types import (
     CURRENT,
     DEFAULT,
@@ -35,18 +36,23 @@ def facts(
     fp32_gemm: bool = False,
     dynamic: bool = False,
     name: str = "m",
+    nodes: tuple[NodeFinding, ...] = (),
+    parser: ParserCheck | None = None,
 ) -> ModelFacts:
+    if fp32_gemm:
+        nodes = (NodeFinding(FP32_GEMM, "mm", "MatMul", "FP32"), *nodes)
     shape: tuple[int | str | None, ...] = ("batch", 8) if dynamic else (1, 8)
     return ModelFacts(
         path=f"/models/{name}.onnx",
         dtypes=frozenset(dtypes or (FP32,)),
-        fp32_gemm=fp32_gemm,
+        nodes=nodes,
         inputs=(TensorInfo("x", FP32, shape),),
         outputs=(TensorInfo("y", FP32, (1, 8)),),
         digest="sha256:" + "0" * 64,
         graph_digest="sha256:" + "1" * 64,
         weights_digest="sha256:" + "2" * 64,
         size=1000,
+        parser=parser,
     )
 
 

@@ -16,7 +16,7 @@ import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 # The IR version each opset was released with; TensorRT-RTX's parser reads these.
-_IR_FOR_OPSET = {17: 8, 19: 9, 21: 10, 23: 11}
+_IR_FOR_OPSET = {6: 3, 17: 8, 19: 9, 21: 10, 23: 11, 25: 12}
 
 Dims = Sequence[int | str | None]
 
@@ -33,6 +33,7 @@ def _save(
     initializers: list[onnx.TensorProto],
     opset: int = 17,
     name: str = "model",
+    check: bool = True,
 ) -> Path:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
     model = helper.make_model(
@@ -41,7 +42,8 @@ def _save(
         ir_version=_IR_FOR_OPSET[opset],
         producer_name="rtx-matrix-tests",
     )
-    onnx.checker.check_model(model)
+    if check:
+        onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
@@ -67,6 +69,31 @@ def _raw(name: str, elem: int, dims: Sequence[int], payload: bytes) -> onnx.Tens
 
 def _weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32) * 0.1
+
+
+def _float(name: str, elem: int, array: np.ndarray) -> onnx.TensorProto:
+    """`array` as a FLOAT, FLOAT16 or DOUBLE initializer."""
+    numpy_type = {int(TensorProto.FLOAT): "float32", int(TensorProto.FLOAT16): "float16"}
+    data = np.ascontiguousarray(array, dtype=numpy_type.get(elem, "float64"))
+    return helper.make_tensor(name, elem, data.shape, data.tobytes(), raw=True)
+
+
+_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+         TensorProto.INT2: 2, TensorProto.UINT2: 2}  # fmt: skip
+
+
+def _lowbit(name: str, elem: int, dims: Sequence[int], seed: int = 0) -> onnx.TensorProto:
+    """Random values of a 2-, 4-, 8- or 16-bit type, never NaN for the 8-bit floats."""
+    count = int(np.prod(dims))
+    rng = _rng(seed)
+    if elem in _BITS:
+        payload = _packed_nibbles(rng, (count * _BITS[elem] + 3) // 4)
+    elif elem in (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16):
+        size = count * (2 if elem in (TensorProto.INT16, TensorProto.UINT16) else 1)
+        payload = rng.integers(0, 64, size=size, dtype=np.uint8).tobytes()
+    else:
+        payload = _fp8_e4m3_bytes(rng, count)
+    return _raw(name, elem, dims, payload)
 
 
 # --- plain float models -------------------------------------------------------------------
@@ -289,6 +316,320 @@ def int8_qdq_matmul(path: Path, seed: int = 0) -> Path:
     """INT8 Q/DQ activation and INT8 weights feeding a MatMul (dequantized to float32)."""
     weights = _int8_weights(_rng(seed), 16, 16)
     return _qdq_matmul(path, TensorProto.INT8, weights, 0.01, "int8_qdq_matmul")
+
+
+def unfused_attention(path: Path, seed: int = 0) -> Path:
+    """An ONNX `Attention` (opset 23) the parser imports and the builder refuses on every
+    target (1.7.1: "Attention operation was not supported by a dedicated kernel"): a model
+    that passes the plan and fails only in the build."""
+    del seed
+    qkv = [_value(n, TensorProto.FLOAT16, [1, 2, 4, 8]) for n in ("q", "k", "v")]
+    nodes = [helper.make_node("Attention", ["q", "k", "v"], ["y"])]
+    out = [_value("y", TensorProto.FLOAT16, [1, 2, 4, 8])]
+    return _save(path, nodes, qkv, out, [], opset=23, name="unfused_attention")
+
+
+# --- what TensorRT-RTX refuses (docs/tensorrt-rtx.md), and what it builds beside it ------
+
+
+def conv3d(
+    path: Path, seed: int = 0, elem: int = TensorProto.FLOAT, transpose: bool = False
+) -> Path:
+    """x[1,3,8,8,8] -> 3D Conv (or ConvTranspose, stride 2) in `elem`: FP32 and DOUBLE are
+    refused for sm75, FP16 builds there."""
+    rng = _rng(seed)
+    if transpose:
+        node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2, 2])
+        weights, out = _weights(rng, 3, 4, 3, 3, 3), [1, 4, 17, 17, 17]
+    else:
+        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 6)
+        weights, out = _weights(rng, 4, 3, 3, 3, 3), [1, 4, 8, 8, 8]
+    return _save(
+        path,
+        [node],
+        [_value("x", elem, [1, 3, 8, 8, 8])],
+        [_value("y", elem, out)],
+        [_float("w", elem, weights)],
+        name="conv3d",
+    )
+
+
+def einsum(
+    path: Path, seed: int = 0, equation: str = "ij,jk->ik", elem: int = TensorProto.FLOAT
+) -> Path:
+    """An Einsum over x[4,16] (and w[16,8] when the equation has two operands): every
+    two-operand FP32/DOUBLE Einsum becomes a GEMM (refused for sm75); one operand does not."""
+    rng = _rng(seed)
+    two = "," in equation
+    out = {"ij,jk->ik": [4, 8], "ij->ji": [16, 4], "ij->i": [4]}.get(equation, [4, 8])
+    return _save(
+        path,
+        [helper.make_node("Einsum", ["x", "w"] if two else ["x"], ["y"], equation=equation)],
+        [_value("x", elem, [4, 16])],
+        [_value("y", elem, out)],
+        [_float("w", elem, _weights(rng, 16, 8))] if two else [],
+        name="einsum",
+    )
+
+
+def matmul(path: Path, seed: int = 0, elem: int = TensorProto.DOUBLE) -> Path:
+    """x[4,16] @ w[16,8] in `elem` (DOUBLE runs as FP32: refused for sm75)."""
+    return _save(
+        path,
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [_value("x", elem, [4, 16])],
+        [_value("y", elem, [4, 8])],
+        [_float("w", elem, _weights(_rng(seed), 16, 8))],
+        name="matmul",
+    )
+
+
+def recurrent(path: Path, seed: int = 0, op: str = "LSTM", elem: int = TensorProto.FLOAT) -> Path:
+    """One LSTM, GRU or RNN layer (hidden 8) over x[5,1,4]: a loop of GEMMs, FP32 ones refused
+    for sm75."""
+    rng = _rng(seed)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op] * 8
+    return _save(
+        path,
+        [helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=8)],
+        [_value("x", elem, [5, 1, 4])],
+        [_value("y", elem, [5, 1, 1, 8])],
+        [
+            _float("W", elem, _weights(rng, 1, gates, 4)),
+            _float("R", elem, _weights(rng, 1, gates, 8)),
+        ],
+        name="recurrent",
+    )
+
+
+def fp32_matmul_in_fp16_casts(path: Path, seed: int = 0) -> Path:
+    """x fp16 -> Cast FP32 -> MatMul (FP32 weights) -> Cast FP16: the library runs the product
+    in FP16, so it builds for sm75 (an FP32 GEMM on paper)."""
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["xf", "w"], ["yf"]),
+        helper.make_node("Cast", ["yf"], ["y"], to=TensorProto.FLOAT16),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [4, 16])],
+        [_value("y", TensorProto.FLOAT16, [4, 8])],
+        [_f32("w", _weights(_rng(seed), 16, 8))],
+        name="fp32_matmul_in_fp16_casts",
+    )
+
+
+def shape_matmul(path: Path, seed: int = 0) -> Path:
+    """An FP32 MatMul over Shape(x), reshaping an fp16 x[4,8] to [8,4]: a shape computation,
+    done at build time, so it builds for sm75."""
+    del seed
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["sf", "axis"], ["row"]),
+        helper.make_node("MatMul", ["row", "swap"], ["swapped"]),
+        helper.make_node("Cast", ["swapped"], ["dims"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["dims", "flat"], ["shape"]),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [
+        helper.make_tensor("axis", TensorProto.INT64, [1], [0]),
+        _f32("swap", np.array([[0, 1], [1, 0]])),
+        helper.make_tensor("flat", TensorProto.INT64, [1], [2]),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [4, 8])],
+        [_value("y", TensorProto.FLOAT16, [8, 4])],
+        inits,
+        name="shape_matmul",
+    )
+
+
+def dq_weights_matmul(
+    path: Path, seed: int = 0, elem: int = TensorProto.FLOAT8E5M2, opset: int = 25
+) -> Path:
+    """x[4,32] fp16 @ DequantizeLinear(w[32,16] in `elem`, per-tensor fp16 scale): INT2,
+    UINT2, UINT4 and the FP8 variants but FLOAT8E4M3FN are imported on no target."""
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"]),
+        helper.make_node("MatMul", ["x", "wd"], ["y"]),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [4, 32])],
+        [_value("y", TensorProto.FLOAT16, [4, 16])],
+        [_lowbit("wq", elem, [32, 16], seed), _f16("ws", np.array(0.1))],
+        opset=opset,
+        name="dq_weights_matmul",
+    )
+
+
+def cast_output(path: Path, seed: int = 0, elem: int = TensorProto.FLOAT8E4M3FN) -> Path:
+    """x fp32 -> Cast -> y in `elem`: an FP8/FP4/INT4 output made by a Cast, refused on every
+    target (it must come from QuantizeLinear)."""
+    del seed
+    return _save(
+        path,
+        [helper.make_node("Cast", ["x"], ["y"], to=elem)],
+        [_value("x", TensorProto.FLOAT, [4, 16])],
+        [_value("y", elem, [4, 16])],
+        [],
+        opset=23,
+        name="cast_output",
+    )
+
+
+def quantized_io(path: Path, seed: int = 0, elem: int = TensorProto.FLOAT8E4M3FN) -> Path:
+    """x in `elem` -> DequantizeLinear -> Relu -> QuantizeLinear -> y in `elem`: FP8/FP4/INT4
+    network inputs and outputs build (where the dtype's CC allows)."""
+    del seed
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "s"], ["xd"]),
+        helper.make_node("Relu", ["xd"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["y"]),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", elem, [4, 16])],
+        [_value("y", elem, [4, 16])],
+        [_f32("s", np.array(0.1)), _raw("z", elem, [], b"\x00")],
+        opset=23,
+        name="quantized_io",
+    )
+
+
+def quantized_weights_via(path: Path, seed: int = 0, op: str = "Transpose") -> Path:
+    """INT8 weights -> `op` (Transpose or Identity) -> DequantizeLinear -> MatMul: a quantized
+    constant not fed straight to its DequantizeLinear, refused on every target."""
+    nodes = [
+        helper.make_node(op, ["wq"], ["wt"]),
+        helper.make_node("DequantizeLinear", ["wt", "ws"], ["wd"]),
+        helper.make_node("MatMul", ["x", "wd"], ["y"]),
+    ]
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT16, [4, 16])],
+        [_value("y", TensorProto.FLOAT16, [4, 16])],
+        [_lowbit("wq", TensorProto.INT8, [16, 16], seed), _f16("ws", np.array(0.1))],
+        opset=21,
+        name="quantized_weights_via",
+    )
+
+
+def dequantized_constant(path: Path, seed: int = 0, shape: Sequence[int] = ()) -> Path:
+    """x[4,16] + DequantizeLinear(an INT8 constant of `shape`), as onnxruntime quantizes the
+    constants of a hardswish: rank 0 is refused on every target, shape [1] builds."""
+    del seed
+    nodes = [
+        helper.make_node("DequantizeLinear", ["c", "cs"], ["cd"]),
+        helper.make_node("Add", ["x", "cd"], ["y"]),
+    ]
+    constant = _raw("c", TensorProto.INT8, list(shape), bytes([30]) * int(np.prod(shape)))
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [4, 16])],
+        [_value("y", TensorProto.FLOAT, [4, 16])],
+        [constant, _f32("cs", np.array(0.1))],
+        name="dequantized_constant",
+    )
+
+
+def qdq_conv(
+    path: Path,
+    seed: int = 0,
+    act: int = TensorProto.INT8,
+    zero_point: int = 0,
+    weights: int = TensorProto.INT8,
+    bias: str = "float",
+    scale: float = 0.01,
+) -> Path:
+    """`int8_qdq_conv` with one thing changed: the activation type and zero point, the weight
+    type, an INT32 quantized bias, or a weight scale. The parser refuses non-zero zero points,
+    UINT8 weights, quantized biases and scales <= 0."""
+    rng = _rng(seed)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"]),
+    ]
+    inits = [
+        _f32("xs", np.array(0.05)),
+        _raw("xz", act, [], bytes([zero_point])),
+        _lowbit("wq", weights, [8, 3, 3, 3], seed),
+        _f32("ws", np.array(scale)),
+    ]
+    conv_inputs = ["xd", "wd"]
+    if bias == "int32":
+        nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"]))
+        values = rng.integers(-100, 100, size=8, dtype=np.int32).tobytes()
+        inits += [_raw("bq", TensorProto.INT32, [8], values), _f32("bs", np.array(0.0005))]
+        conv_inputs.append("bd")
+    else:
+        inits.append(_f32("b", _weights(rng, 8)))
+        conv_inputs.append("b")
+    nodes.append(helper.make_node("Conv", conv_inputs, ["y"], pads=[1, 1, 1, 1]))
+    return _save(
+        path,
+        nodes,
+        [_value("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [_value("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        inits,
+        opset=21,
+        name="qdq_conv",
+    )
+
+
+def mixed_matmul(path: Path, seed: int = 0) -> Path:
+    """x fp16 @ w fp32: not valid ONNX, but what a partial FP16 conversion can leave; the
+    parser refuses it."""
+    return _save(
+        path,
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [_value("x", TensorProto.FLOAT16, [4, 16])],
+        [_value("y", TensorProto.FLOAT16, [4, 8])],
+        [_f32("w", _weights(_rng(seed), 16, 8))],
+        name="mixed_matmul",
+        check=False,
+    )
+
+
+def single_op(path: Path, seed: int = 0, op: str = "QLinearMatMul") -> Path:
+    """One operator the parser cannot import: QLinearMatMul, MatMulInteger, a dilated MaxPool,
+    or an opset-6 Add (broadcasting before opset 7)."""
+    del seed
+    i8, f32 = TensorProto.INT8, TensorProto.FLOAT
+    zero = _raw("z", i8, [], b"\x00")
+    scale = _f32("s", np.array(0.1))
+    opset = 17
+    if op == "QLinearMatMul":
+        node = helper.make_node(op, ["x", "s", "z", "w", "s", "z", "s", "z"], ["y"])
+        io, inits = (i8, [4, 16], i8, [4, 8]), [scale, zero, _raw("w", i8, [16, 8], bytes(128))]
+    elif op == "MatMulInteger":
+        node = helper.make_node(op, ["x", "w"], ["y"])
+        io, inits = (i8, [4, 16], TensorProto.INT32, [4, 8]), [_raw("w", i8, [16, 8], bytes(128))]
+    elif op == "MaxPool":
+        node = helper.make_node(op, ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])
+        io, inits = (f32, [1, 4, 8, 8], f32, [1, 4, 6, 6]), []
+    else:  # "Add" at opset 6
+        node = helper.make_node("Add", ["x", "b"], ["y"], broadcast=1)
+        io, inits, opset = (f32, [4, 16], f32, [4, 16]), [_f32("b", np.zeros(16))], 6
+    return _save(
+        path,
+        [node],
+        [_value("x", io[0], io[1])],
+        [_value("y", io[2], io[3])],
+        inits,
+        opset=opset,
+        name=f"single_{op.lower()}",
+        check=opset > 6,
+    )
 
 
 # --- structure --------------------------------------------------------------------------

@@ -106,8 +106,12 @@ def test_every_generator_is_built_here() -> None:
         for name, fn in inspect.getmembers(modelgen, inspect.isfunction)
         if not name.startswith("_") and fn.__module__ == modelgen.__name__
     }
-    covered = {make.__name__ for make, _, _ in CASES} | {"slow_conv_stack"}
-    assert generators == covered
+    from tests.plan.test_rules_vs_builder import CASES as RULE_CASES
+
+    rule_cases = {getattr(make, "func", make).__name__ for make, _, _ in RULE_CASES.values()}
+    # slow_conv_stack: its own test below; unfused_attention: tests/cli/test_build.py.
+    covered = {make.__name__ for make, _, _ in CASES} | rule_cases
+    assert generators == covered | {"slow_conv_stack", "unfused_attention"}
 
 
 def test_seed_changes_only_weights(tmp_path: Path) -> None:

@@ -12,16 +12,17 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from matrix.atomic import write_atomic
 from matrix.cache_dir import cache_dir
 from matrix.facts.onnx_inspect import content_digest, inspect_model
-from matrix.facts.types import ModelFacts, TensorInfo
+from matrix.facts.types import ModelFacts, NodeFinding, ParserCheck, ParserError, TensorInfo
 from matrix.file_stat import FileStat, file_stat, is_racy
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Bump when `inspect_model` learns something new, so old entries are re-inspected."""
 
 Stats = dict[str, FileStat]
@@ -50,6 +51,25 @@ class FactsCache:
         if after is not None and before is not None and before[""] == after[""]:
             _store_entry(entry_file, _entry(path, after, facts, read_at))
         return facts
+
+    def peek(self, path: Path) -> ModelFacts | None:
+        """The cached facts when the model's files are unchanged; None, never an inspection."""
+        path = Path(os.path.abspath(path))
+        return _cached(self.entry_path(path), path)
+
+    def add_parser_check(self, path: Path, facts: ModelFacts, check: ParserCheck) -> ModelFacts:
+        """`facts` with the parser's verdict, stored with them while the files are unchanged
+        (the verdict is for the bytes the facts' digest names, and for one library version)."""
+        path = Path(os.path.abspath(path))
+        checked = replace(facts, parser=check)
+        entry_file = self.entry_path(path)
+        loaded = _load_entry(entry_file, path)
+        if loaded is not None and loaded[0].digest == facts.digest:
+            _, stats, racy = loaded
+            entry = _entry(path, stats, checked, time.time_ns())
+            entry["racy"] = entry["racy"] or racy
+            _store_entry(entry_file, entry)
+        return checked
 
     def entry_path(self, path: Path) -> Path:
         name = hashlib.sha256(os.fsencode(path)).hexdigest()
@@ -140,7 +160,7 @@ def facts_to_json(facts: ModelFacts) -> dict[str, Any]:
     return {
         "path": facts.path,
         "dtypes": sorted(facts.dtypes),
-        "fp32_gemm": facts.fp32_gemm,
+        "nodes": [[n.kind, n.node, n.op, n.detail] for n in facts.nodes],
         "inputs": [_tensor_to_json(t) for t in facts.inputs],
         "outputs": [_tensor_to_json(t) for t in facts.outputs],
         "digest": facts.digest,
@@ -150,6 +170,7 @@ def facts_to_json(facts: ModelFacts) -> dict[str, Any]:
         "external_files": list(facts.external_files),
         "opset": facts.opset,
         "shape_inputs": list(facts.shape_inputs),
+        "parser": _parser_to_json(facts.parser),
     }
 
 
@@ -157,7 +178,7 @@ def facts_from_json(data: dict[str, Any]) -> ModelFacts:
     return ModelFacts(
         path=str(data["path"]),
         dtypes=frozenset(str(d) for d in data["dtypes"]),
-        fp32_gemm=bool(data["fp32_gemm"]),
+        nodes=tuple(NodeFinding(*(str(v) for v in n)) for n in data["nodes"]),
         inputs=tuple(_tensor_from_json(t) for t in data["inputs"]),
         outputs=tuple(_tensor_from_json(t) for t in data["outputs"]),
         digest=str(data["digest"]),
@@ -167,4 +188,19 @@ def facts_from_json(data: dict[str, Any]) -> ModelFacts:
         external_files=tuple(str(f) for f in data["external_files"]),
         opset=int(data["opset"]),
         shape_inputs=tuple(str(name) for name in data["shape_inputs"]),
+        parser=_parser_from_json(data["parser"]),
     )
+
+
+def _parser_to_json(check: ParserCheck | None) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    errors = [[e.node, e.op, e.message] for e in check.errors]
+    return {"tensorrt_rtx": check.tensorrt_rtx, "errors": errors}
+
+
+def _parser_from_json(data: dict[str, Any] | None) -> ParserCheck | None:
+    if data is None:
+        return None
+    errors = tuple(ParserError(*(str(v) for v in e)) for e in data["errors"])
+    return ParserCheck(tensorrt_rtx=str(data["tensorrt_rtx"]), errors=errors)

@@ -9,25 +9,44 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matrix.errors import InputError, Problem
 from matrix.facts.cache import FactsCache
 from matrix.facts.onnx_inspect import ModelFileError
-from matrix.facts.types import INTEGER_DTYPES, ModelFacts, TensorInfo
+from matrix.facts.types import INTEGER_DTYPES, ModelFacts, ParserCheck, TensorInfo
 from matrix.manifest.loader import display_path
 from matrix.manifest.suggest import did_you_mean
 from matrix.manifest.types import InputShape, Manifest, Model, ValueRange
 from matrix.manifest.yaml_nodes import child_path
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
-def gather_facts(manifest: Manifest, cache: FactsCache) -> dict[str, ModelFacts]:
-    """Facts keyed by model name; each distinct ONNX file is inspected once."""
-    by_file: dict[Path, ModelFacts | ModelFileError] = {}
+
+def gather_facts(
+    manifest: Manifest, cache: FactsCache, tensorrt_rtx: str | None = None
+) -> dict[str, ModelFacts]:
+    """Facts keyed by model name; each distinct ONNX file is inspected once.
+
+    With `tensorrt_rtx` (the installed library's version), each model also carries the ONNX
+    parser's verdict: cached, else asked of that library in child processes.
+    """
+    cached = {path: cache.peek(path) for path in dict.fromkeys(m.onnx for m in manifest.models)}
+    parsing = None
+    if tensorrt_rtx is not None:
+        unchecked = [
+            path
+            for path, found in cached.items()
+            if not _checked(found, tensorrt_rtx) and path.is_file()
+        ]
+        parsing = _start_parser_checks(unchecked, tensorrt_rtx) if unchecked else None
+    by_file = {path: found or _inspect(cache, path) for path, found in cached.items()}
+    if parsing is not None:
+        _add_parser_checks(by_file, cache, parsing.result())
     facts: dict[str, ModelFacts] = {}
     problems: list[Problem] = []
     for model in manifest.models:
-        if model.onnx not in by_file:
-            by_file[model.onnx] = _inspect(cache, model.onnx)
         found = by_file[model.onnx]
         if isinstance(found, ModelFileError):
             where = f"$.models[{model.index}].onnx"
@@ -40,6 +59,39 @@ def gather_facts(manifest: Manifest, cache: FactsCache) -> dict[str, ModelFacts]
     if problems:
         raise InputError(problems)
     return facts
+
+
+def _start_parser_checks(
+    unchecked: list[Path], tensorrt_rtx: str
+) -> Future[dict[Path, ParserCheck]]:
+    """The parser's verdicts, asked while the caller inspects the models: the children's
+    library import overlaps the parent's `onnx` import."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matrix.facts.parser_check import check_models
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(check_models, unchecked, tensorrt_rtx)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _checked(facts: ModelFacts | None, tensorrt_rtx: str) -> bool:
+    return (
+        facts is not None and facts.parser is not None and facts.parser.tensorrt_rtx == tensorrt_rtx
+    )
+
+
+def _add_parser_checks(
+    by_file: dict[Path, ModelFacts | ModelFileError],
+    cache: FactsCache,
+    verdicts: dict[Path, ParserCheck],
+) -> None:
+    for path, check in verdicts.items():
+        found = by_file[path]
+        if isinstance(found, ModelFacts):  # a file that is no model is bad input already
+            by_file[path] = cache.add_parser_check(path, found, check)
 
 
 def _inspect(cache: FactsCache, path: Path) -> ModelFacts | ModelFileError:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8, ModelFacts, TensorInfo
+from matrix.facts import types as ft
+from matrix.facts.node_findings import Graph, node_findings
+from matrix.facts.types import ModelFacts, TensorInfo
 
 CHUNK = 1 << 20
-GEMM_OPS = frozenset({"MatMul", "Gemm"})
 # Shape inputs (docs/profiles.md): the library reads these operands as shapes, and an integer
 # network input that reaches one, directly or through the arithmetic below, is a shape input
 # (`ITensor.is_shape_tensor`) that needs values in a profile. Measured against the parser
@@ -53,22 +54,22 @@ _PAYLOAD_FIELDS = (
     "uint64_data",
 )
 _CANONICAL = {
-    "FLOAT": FP32,
-    "FLOAT16": FP16,
-    "BFLOAT16": BF16,
-    "DOUBLE": "fp64",
-    "FLOAT8E4M3FN": FP8,
-    "FLOAT8E4M3FNUZ": FP8,
-    "FLOAT8E5M2": FP8,
-    "FLOAT8E5M2FNUZ": FP8,
-    "FLOAT8E8M0": FP8,
-    "FLOAT4E2M1": FP4,
-    "FLOAT6E2M3": "fp6",
-    "FLOAT6E3M2": "fp6",
-    "INT4": INT4,
-    "UINT4": INT4,
-    "INT8": INT8,
-    "UINT8": INT8,
+    "FLOAT": ft.FP32,
+    "FLOAT16": ft.FP16,
+    "BFLOAT16": ft.BF16,
+    "DOUBLE": ft.FP64,
+    "FLOAT8E4M3FN": ft.FP8,
+    "FLOAT8E4M3FNUZ": ft.FP8_E4M3FNUZ,
+    "FLOAT8E5M2": ft.FP8_E5M2,
+    "FLOAT8E5M2FNUZ": ft.FP8_E5M2FNUZ,
+    "FLOAT8E8M0": ft.FP8_E8M0,
+    "FLOAT4E2M1": ft.FP4,
+    "FLOAT6E2M3": ft.FP6,
+    "FLOAT6E3M2": ft.FP6,
+    "INT4": ft.INT4,
+    "UINT4": ft.UINT4,
+    "INT8": ft.INT8,
+    "UINT8": ft.INT8,
 }
 # Bits per element, to know how many bytes an external tensor needs.
 _BITS = {
@@ -112,7 +113,7 @@ def inspect_model(path: Path) -> ModelFacts:
     return ModelFacts(
         path=str(path),
         dtypes=frozenset(_dtypes(inferred, types)),
-        fp32_gemm=_has_fp32_gemm(inferred, types),
+        nodes=node_findings(_graph(inferred, types)),
         inputs=_graph_inputs(model.graph),
         shape_inputs=_shape_inputs(model.graph),
         outputs=tuple(_tensor_info(v) for v in model.graph.output),
@@ -387,33 +388,26 @@ def _dtypes(model: Any, types: dict[str, int]) -> set[str]:
     return {name for name in names if name}
 
 
-def _has_fp32_gemm(model: Any, types: dict[str, int]) -> bool:
-    import onnx
-
-    producers = {out: node for g in _graphs(model.graph) for node in g.node for out in node.output}
+def _graph(model: Any, types: dict[str, int]) -> Graph:
+    ranks: dict[str, int] = {}
+    constants: set[str] = set()
+    nodes = []
     for g in _graphs(model.graph):
+        for value in (*g.input, *g.output, *g.value_info):
+            if value.type.tensor_type.HasField("shape"):
+                ranks[value.name] = len(value.type.tensor_type.shape.dim)
+        for tensor in g.initializer:
+            ranks[tensor.name] = len(tensor.dims)
+            constants.add(tensor.name)
         for node in g.node:
-            if node.op_type not in GEMM_OPS:
-                continue
-            inputs = node.input[:2]
-            if any(
-                _value_type(name, types, producers) == onnx.TensorProto.FLOAT for name in inputs
-            ):
-                return True
-    return False
-
-
-def _value_type(name: str, types: dict[str, int], producers: dict[str, Any]) -> int:
-    if name in types:
-        return types[name]
-    node = producers.get(name)
-    if node is not None and node.op_type == "DequantizeLinear":
-        # Without inference: DQ yields its `output_dtype`, else its scale's type.
-        for attribute in node.attribute:
-            if attribute.name == "output_dtype" and attribute.i:
-                return int(attribute.i)
-        return types.get(node.input[1], 0) if len(node.input) > 1 else 0
-    return 0
+            nodes.append(node)
+            if node.op_type == "Constant" and node.output:
+                constants.add(node.output[0])
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        ranks[node.output[0]] = len(attribute.t.dims)
+    outputs = {v.name for v in model.graph.output}
+    return Graph(nodes=nodes, types=types, ranks=ranks, constants=constants, outputs=outputs)
 
 
 def _tensor_info(value: Any) -> TensorInfo:

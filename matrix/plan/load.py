@@ -39,8 +39,11 @@ def load_plan(manifest_path: Path, current: CC | None = None) -> Plan:
     from matrix.versions import installed_tensorrt_rtx
 
     manifest = load_manifest(manifest_path)
-    facts = gather_facts(manifest, FactsCache())
-    plan = make_plan(manifest, facts, rules_for(installed_tensorrt_rtx()), current=current)
-    if current is None:
+    version = installed_tensorrt_rtx()
+    rules = rules_for(version)
+    facts = gather_facts(manifest, FactsCache(), tensorrt_rtx=version)
+    plan = make_plan(manifest, facts, rules, current=current)
+    # A model whose parser check died has no verdict yet: plan it again next time.
+    if current is None and all(f.parser is not None for f in facts.values()):
         cache.store(manifest_path, plan, read_at)
     return plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from matrix.facts.types import ModelFacts
+from matrix.facts.types import ModelFacts, NodeFinding, ParserError
 from matrix.manifest.types import InputShape, Manifest, Model, Target
 from matrix.plan import rules as R
 from matrix.plan.capabilities import CC, NEWER, mask_of
@@ -71,8 +71,10 @@ def judge(
     return (
         *current_reasons(target),
         *weightless_reasons(target, weightless, rules),
+        *model_reasons(facts, rules),
         *dtype_reasons(target, ccs, facts, rules),
-        *turing_reasons(ccs, facts, rules),
+        *node_reasons(ccs, facts, rules),
+        *turing_mixed_reasons(ccs, rules),
         *profile_reasons(model, facts),
     )
 
@@ -173,29 +175,89 @@ def dtype_reasons(
     return tuple(reasons)
 
 
-def turing_reasons(ccs: tuple[CC, ...], facts: ModelFacts, rules: RuleSet) -> tuple[Reason, ...]:
+def model_reasons(facts: ModelFacts, rules: RuleSet) -> tuple[Reason, ...]:
+    """What makes a model unbuildable on every target; the same for all its cells."""
     reasons: list[Reason] = []
-    refused = [cc.name for cc in ccs if cc in rules.fp32_gemm_refused]
-    if refused and facts.fp32_gemm:
+    unsupported = sorted(
+        rules.dtype_unsupported[d] for d in facts.dtypes & rules.dtype_unsupported.keys()
+    )
+    if unsupported:
         reasons.append(
             Reason(
-                R.TURING_FP32_GEMM,
-                f"the model has a float32 MatMul/Gemm, which TensorRT-RTX cannot compile for "
-                f"{', '.join(refused)} (FP32 GEMM is not supported on Turing); use FP16",
+                R.DTYPE_UNSUPPORTED,
+                f"the model uses {', '.join(unsupported)}, which TensorRT-RTX cannot import on "
+                "any target (of the 8-bit floats it reads FLOAT8E4M3FN only; of the 4-bit "
+                "types INT4 and FLOAT4E2M1); re-quantize to a supported type",
                 Severity.ERROR,
             )
         )
+    if facts.parser is not None:
+        named = {r.rule for r in reasons}
+        for rule, errors in _parser_rules(facts.parser.errors, rules).items():
+            if rule not in named:
+                reasons.append(Reason(rule, _parser_message(rule, errors, rules), Severity.ERROR))
+    return tuple(reasons)
+
+
+def _parser_rules(errors: tuple[ParserError, ...], rules: RuleSet) -> dict[str, list[ParserError]]:
+    by_rule: dict[str, list[ParserError]] = {}
+    for error in errors:
+        hint = next((h for h in rules.parser_hints if h.matches(error.op, error.message)), None)
+        by_rule.setdefault(hint.rule if hint else R.PARSER_UNSUPPORTED, []).append(error)
+    return by_rule
+
+
+def _parser_message(rule: str, errors: list[ParserError], rules: RuleSet) -> str:
+    first = errors[0]
+    where = f"node {first.node!r} ({first.op})" if first.node else "the model"
+    if first.op and not first.node:
+        where = f"a {first.op} node"
+    more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+    said = f"the TensorRT-RTX ONNX parser cannot import {where}{more}: {first.message}"
+    hint = next((h for h in rules.parser_hints if h.rule == rule), None)
+    return f"{hint.reason} ({said})" if hint else said
+
+
+def node_reasons(ccs: tuple[CC, ...], facts: ModelFacts, rules: RuleSet) -> tuple[Reason, ...]:
+    """Graph patterns the builder refuses: everywhere, or on some CCs."""
+    reasons: list[Reason] = []
+    by_rule: dict[str, tuple[str, list[NodeFinding], list[str]]] = {}
+    for kind, node_rule in rules.node_rules.items():
+        found = facts.found(kind)
+        if not found:
+            continue
+        if node_rule.refused_on is None:
+            refused = ["every target"]
+        else:
+            refused = [cc.name for cc in ccs if cc in node_rule.refused_on]
+            if not refused:
+                continue
+        if node_rule.rule not in by_rule:
+            by_rule[node_rule.rule] = (node_rule.reason, list(found), refused)
+        else:
+            by_rule[node_rule.rule][1].extend(found)
+    for rule, (template, nodes, refused) in by_rule.items():
+        first = nodes[0]
+        more = f" (and {len(nodes) - 1} more)" if len(nodes) > 1 else ""
+        message = template.format(
+            node=first.node, op=first.op, detail=first.detail, more=more, ccs=", ".join(refused)
+        )
+        reasons.append(Reason(rule, message, Severity.ERROR))
+    return tuple(reasons)
+
+
+def turing_mixed_reasons(ccs: tuple[CC, ...], rules: RuleSet) -> tuple[Reason, ...]:
     alone_only = [cc.name for cc in ccs if cc in rules.fast_only_when_alone]
     if alone_only and len(ccs) > 1:
-        reasons.append(
+        return (
             Reason(
                 R.TURING_MIXED,
                 f"{', '.join(alone_only)} mixed with other targets: the engine is not "
                 "guaranteed to be fast on Ampere and later; build Turing separately",
                 Severity.WARNING,
-            )
+            ),
         )
-    return tuple(reasons)
+    return ()
 
 
 def profile_reasons(model: Model, facts: ModelFacts) -> tuple[Reason, ...]:

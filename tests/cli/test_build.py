@@ -219,23 +219,9 @@ def test_verify_detects_an_engine_edited_in_place(project: Project, capsys: Any)
     assert project.lock_json()["engines"]["b@sm86"]["sha256"] == sha256(engine)
 
 
-def unknown_op_model(path: Path) -> None:
-    """An op from a custom domain: the planner has nothing against it, the ONNX parser fails."""
-    from onnx import TensorProto, helper, save
-
-    graph = helper.make_graph(
-        [helper.make_node("Mystery", ["x"], ["y"], domain="com.example")],
-        "bad",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
-    save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(path))
-
-
 def failing_project(project: Project) -> None:
     """Model `bad` is accepted by the planner and fails inside the builder."""
-    unknown_op_model(project.root / "models" / "bad.onnx")
+    modelgen.unfused_attention(project.root / "models" / "bad.onnx")
     bad = "  - name: bad\n    onnx: models/bad.onnx\n    targets: [sm86]\n"
     project.write("bad", "a", "b", extra={"bad": bad})
 

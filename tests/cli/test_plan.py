@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,38 @@ def test_cells_may_follow_options(project: Path) -> None:
     )
     with pytest.raises(SystemExit):
         parse(make_parser(), ["plan", "m.yaml", "extra"])
+
+
+def test_a_model_the_parser_refuses_is_rejected_everywhere_without_importing_the_library(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    modelgen.single_op(tmp_path / "pool.onnx", op="MaxPool")
+    modelgen.matmul_fp16(tmp_path / "ok.onnx")
+    (tmp_path / "rtx-matrix.yaml").write_text(
+        "version: 1\nmodels:\n"
+        "  - {name: pool, onnx: pool.onnx, targets: [default, sm75, sm120]}\n"
+        "  - {name: ok, onnx: ok.onnx, targets: [default]}\n"
+    )
+    # The parser runs in children; the plan's own process never imports the library.
+    code = (
+        "import sys; from matrix.cli import main; code = main(['plan', sys.argv[1]]); "
+        "assert 'tensorrt_rtx' not in sys.modules, 'imported'; sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "rtx-matrix.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RTX_MATRIX_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 1, done.stderr
+    message = (
+        "[parser-unsupported] the TensorRT-RTX ONNX parser cannot import node 'y' (MaxPool): "
+        "This version of TensorRT does not support dilations other than 1."
+    )
+    assert done.stderr.splitlines() == [
+        f"error: pool@{t}: {message}" for t in ("default", "sm75", "sm120")
+    ]
+    assert done.stdout.splitlines()[-1] == "1 build, 3 rejected (3 parser-unsupported)"

@@ -191,3 +191,43 @@ def test_plan_command_exits_2_with_one_line_per_problem(
         " (truncated, corrupt, or not ONNX at all)",
         "error: m.yaml:7:5: $.models[1].onnx: models/none.onnx: no such file",
     ]
+
+
+def test_parser_verdicts_are_asked_once_per_library_version(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matrix.facts.parser_check as parser_check
+
+    modelgen.single_op(project / "models" / "q.onnx", op="QLinearMatMul")
+    manifest = load_manifest(
+        _manifest(
+            project,
+            """\
+            - name: b
+              onnx: models/b.onnx
+              targets: [default]
+            - name: q
+              onnx: models/q.onnx
+              targets: [default]
+            """,
+        )
+    )
+    asked: list[list[str]] = []
+    real = parser_check.check_models
+
+    def counting(paths: list[Path], version: str, jobs: int | None = None) -> object:
+        asked.append(sorted(p.name for p in paths))
+        return real(paths, version, jobs)
+
+    monkeypatch.setattr(parser_check, "check_models", counting)
+    facts = gather_facts(manifest, FactsCache(project / "cache"), tensorrt_rtx="1.7.1.116")
+    q = facts["q"].parser
+    assert q is not None and q.tensorrt_rtx == "1.7.1.116"
+    assert [(e.node, e.op, e.message) for e in q.errors] == [
+        ("y", "QLinearMatMul", "unsupported operator")
+    ]
+    assert facts["b"].parser is not None and facts["b"].parser.errors == ()
+    again = gather_facts(manifest, FactsCache(project / "cache"), tensorrt_rtx="1.7.1.116")
+    assert again == facts  # from the cache: no child asked
+    gather_facts(manifest, FactsCache(project / "cache"), tensorrt_rtx="1.7.2.1")
+    assert asked == [["b.onnx", "q.onnx"], ["b.onnx", "q.onnx"]]

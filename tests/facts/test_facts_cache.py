@@ -184,3 +184,30 @@ def test_aged_entry_trusts_the_stat(tmp_path: Path, count_inspections: list[Path
     # Like make: same size, mtime and inode mean unchanged; no file is read.
     assert cache.get(model) == first
     assert len(count_inspections) == 1
+
+
+def test_node_findings_and_parser_verdict_survive_the_cache(tmp_path: Path) -> None:
+    from matrix.facts.types import ParserCheck, ParserError
+
+    model = modelgen.recurrent(tmp_path / "m.onnx")
+    cache = FactsCache(tmp_path / "cache")
+    facts = cache.get(model)
+    assert [(n.kind, n.op) for n in facts.nodes] == [("fp32-gemm", "LSTM")]
+    check = ParserCheck("1.7.1.116", (ParserError("n", "Op", "why"),))
+    checked = cache.add_parser_check(model, facts, check)
+    assert FactsCache(tmp_path / "cache").get(model) == checked
+    assert checked.parser == check
+
+
+def test_old_cache_entries_are_inspected_again(
+    tmp_path: Path, count_inspections: list[Path]
+) -> None:
+    model = modelgen.conv_fp32(tmp_path / "m.onnx")
+    cache = FactsCache(tmp_path / "cache")
+    cache.get(model)
+    entry = cache.entry_path(model)
+    old = json.loads(entry.read_text())
+    old["version"] = facts_cache.CACHE_VERSION - 1
+    entry.write_text(json.dumps(old))
+    FactsCache(tmp_path / "cache").get(model)
+    assert len(count_inspections) == 2

@@ -40,7 +40,7 @@ def test_dtypes_and_fp32_gemm_of_generated_models(
 ) -> None:
     facts = inspect_model(make(tmp_path / "m.onnx"))
     assert facts.dtypes == dtypes
-    assert facts.fp32_gemm is fp32_gemm
+    assert bool(facts.found("fp32-gemm")) is fp32_gemm
 
 
 def test_facts_of_a_plain_model(tmp_path: Path) -> None:
@@ -94,9 +94,9 @@ def test_every_onnx_element_type_has_a_canonical_name(tmp_path: Path) -> None:
         TensorProto.UINT8: "int8",
         TensorProto.INT32: "int32",
         TensorProto.INT64: "int64",
-        TensorProto.FLOAT8E5M2: "fp8",
-        TensorProto.FLOAT8E4M3FNUZ: "fp8",
-        TensorProto.UINT4: "int4",
+        TensorProto.FLOAT8E5M2: "fp8e5m2",
+        TensorProto.FLOAT8E4M3FNUZ: "fp8e4m3fnuz",
+        TensorProto.UINT4: "uint4",
         TensorProto.UINT16: "uint16",
     }
     nodes = [helper.make_node("Cast", ["x"], [f"c{t}"], to=t) for t in casts]
@@ -145,7 +145,7 @@ def test_declared_types_are_used_when_shape_inference_fails(
     # The int8 zero points and the float32 scale of the DequantizeLinear feeding the
     # MatMul say it all without inferred value types.
     assert facts.dtypes == {"fp32", "int8"}
-    assert facts.fp32_gemm is True
+    assert [n.kind for n in facts.nodes] == ["fp32-gemm"]
 
 
 # --- digests -----------------------------------------------------------------------------
@@ -275,3 +275,50 @@ def test_inspection_never_loads_external_weights(
     monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", forbidden)
     facts: ModelFacts = inspect_model(path)
     assert facts.size > 1 << 16
+
+
+F16, F64 = TensorProto.FLOAT16, TensorProto.DOUBLE
+
+
+@pytest.mark.parametrize(
+    ("make", "found"),
+    [
+        (modelgen.conv3d, [("fp32-conv3d", "Conv", "FP32")]),
+        (
+            lambda p: modelgen.conv3d(p, transpose=True),
+            [("fp32-deconv3d", "ConvTranspose", "FP32")],
+        ),
+        (lambda p: modelgen.conv3d(p, elem=F64), [("fp32-conv3d", "Conv", "DOUBLE")]),
+        (lambda p: modelgen.conv3d(p, elem=F16), []),
+        (modelgen.einsum, [("fp32-gemm", "Einsum", "FP32")]),
+        (lambda p: modelgen.einsum(p, equation="ij->ji"), []),
+        (modelgen.matmul, [("fp32-gemm", "MatMul", "DOUBLE")]),
+        (lambda p: modelgen.recurrent(p, op="GRU"), [("fp32-gemm", "GRU", "FP32")]),
+        (lambda p: modelgen.recurrent(p, elem=F16), []),
+        (modelgen.fp32_matmul_in_fp16_casts, []),
+        (modelgen.shape_matmul, []),
+        (modelgen.conv_fp32, []),
+        (modelgen.cast_output, [("hw-dtype-op", "Cast", "makes 'y' (FP8)")]),
+        (modelgen.quantized_io, []),
+        (modelgen.quantized_weights_via, [("quantized-constant", "Transpose", "'wq' (INT8)")]),
+        (
+            lambda p: modelgen.quantized_weights_via(p, op="Identity"),
+            [("quantized-constant", "Identity", "'wq' (INT8)")],
+        ),
+        (modelgen.int8_qdq_conv, []),
+        (modelgen.int4_weights_matmul, []),
+        (modelgen.dequantized_constant, [("quantized-scalar", "DequantizeLinear", "'c' (INT8)")]),
+        (lambda p: modelgen.dequantized_constant(p, shape=(1,)), []),
+    ],
+)
+def test_nodes_a_rule_may_refuse(
+    tmp_path: Path, make: Callable[[Path], Path], found: list[tuple[str, str, str]]
+) -> None:
+    facts = inspect_model(make(tmp_path / "m.onnx"))
+    assert [(n.kind, n.op, n.detail) for n in facts.nodes] == found
+
+
+def test_dtypes_the_library_cannot_import_keep_their_own_names(tmp_path: Path) -> None:
+    for elem, name in ((TensorProto.FLOAT8E5M2, "fp8e5m2"), (TensorProto.INT2, "int2")):
+        facts = inspect_model(modelgen.dq_weights_matmul(tmp_path / f"{name}.onnx", elem=elem))
+        assert name in facts.dtypes and "fp8" not in facts.dtypes

@@ -6,7 +6,26 @@ from dataclasses import replace
 
 import pytest
 
-from matrix.facts.types import BF16, FP4, FP8, FP16, FP32, INT4, INT8, ModelFacts
+from matrix.facts import node_findings as nf
+from matrix.facts.types import (
+    BF16,
+    FP4,
+    FP8,
+    FP8_E4M3FNUZ,
+    FP8_E5M2,
+    FP8_E5M2FNUZ,
+    FP8_E8M0,
+    FP16,
+    FP32,
+    INT2,
+    INT4,
+    INT8,
+    UINT4,
+    ModelFacts,
+    NodeFinding,
+    ParserCheck,
+    ParserError,
+)
 from matrix.manifest.types import Exclusion, InputShape, Profile, Target, ValueRange
 from matrix.plan import rules as R
 from matrix.plan.capabilities import SM89
@@ -207,3 +226,122 @@ def test_rules_table_lookup_by_release() -> None:
     assert R.rules_for("1.7.1.116") is R.RULES_1_7
     with pytest.raises(MatrixError, match=r"no rules table for TensorRT-RTX 2\.0\.0"):
         R.rules_for("2.0.0")
+
+
+# --- rules beyond the dtype table (docs/tensorrt-rtx.md) ------------------------------------
+
+
+def finding(kind: str, node: str = "n1", op: str = "MatMul", detail: str = "FP32") -> NodeFinding:
+    return NodeFinding(kind, node, op, detail)
+
+
+def parsed(*errors: tuple[str, str, str]) -> ParserCheck:
+    return ParserCheck("1.7.1.116", tuple(ParserError(*e) for e in errors))
+
+
+ALL = ("default", "sm75", "sm80", "sm86", "sm89", "sm120")
+
+
+def verdicts(f: ModelFacts) -> dict[str, Verdict]:
+    return {name: one_cell(target(name), f).verdict for name in ALL}
+
+
+@pytest.mark.parametrize(
+    ("kind", "rule"),
+    [
+        (nf.FP32_GEMM, R.TURING_FP32_GEMM),
+        (nf.FP32_CONV3D, R.TURING_FP32_CONV3D),
+        (nf.FP32_DECONV3D, R.TURING_FP32_CONV3D),
+    ],
+)
+def test_turing_node_rules_reject_sm75_only(kind: str, rule: str) -> None:
+    f = facts(FP32, nodes=(finding(kind, op="Conv"),))
+    assert verdicts(f) == {n: Verdict.REJECTED if n == "sm75" else Verdict.BUILD for n in ALL}
+    (error,) = one_cell(target("mix", "sm75", "sm86"), f).errors
+    assert error.rule == rule
+    assert "Conv node 'n1'" in error.message and "for sm75" in error.message
+    assert "FP16" in error.message  # the fix
+
+
+@pytest.mark.parametrize(
+    ("kind", "rule"),
+    [
+        (nf.HW_DTYPE_OP, R.HW_DTYPE_OUTSIDE_QDQ),
+        (nf.QUANTIZED_CONSTANT, R.QUANTIZED_CONSTANT),
+        (nf.QUANTIZED_SCALAR, R.QUANTIZED_SCALAR),
+    ],
+)
+def test_everywhere_node_rules_reject_every_target(kind: str, rule: str) -> None:
+    f = facts(FP16, nodes=(finding(kind, op="Cast", detail="makes 'y' (FP8)"),))
+    assert set(verdicts(f).values()) == {Verdict.REJECTED}
+    for t in (target("current"), target("sm86")):
+        assert rule in {r.rule for r in one_cell(t, f).errors}
+    assert one_cell(target("sm86"), f, weightless=True).verdict is Verdict.REJECTED
+
+
+def test_many_findings_make_one_reason_naming_the_first() -> None:
+    nodes = tuple(finding(nf.FP32_GEMM, node=f"mm{i}") for i in range(5))
+    (error,) = one_cell(target("sm75"), facts(FP32, nodes=nodes)).errors
+    assert "MatMul node 'mm0' (and 4 more) computes a GEMM in FP32" in error.message
+
+
+@pytest.mark.parametrize("dtype", [FP8_E5M2, FP8_E4M3FNUZ, FP8_E5M2FNUZ, FP8_E8M0, INT2, UINT4])
+def test_dtypes_the_library_never_imports_reject_every_target(dtype: str) -> None:
+    f = facts(FP32, dtype)
+    assert set(verdicts(f).values()) == {Verdict.REJECTED}
+    (error,) = one_cell(target("sm120"), f).errors
+    assert error.rule == R.DTYPE_UNSUPPORTED
+    assert "FLOAT8E4M3FN only" in error.message
+    # Not mistaken for the FP8 the library builds: no CC narrowing, no dtype-needs-cc.
+    assert R.DTYPE_NEEDS not in rules_of(one_cell(target("sm86"), f))
+
+
+def test_parser_error_rejects_every_target_naming_node_op_and_message() -> None:
+    f = facts(FP32, parser=parsed(("pool", "MaxPool", "dilations other than 1")))
+    assert set(verdicts(f).values()) == {Verdict.REJECTED}
+    (error,) = one_cell(target("current"), f).errors
+    assert error.rule == R.PARSER_UNSUPPORTED
+    assert error.message == (
+        "the TensorRT-RTX ONNX parser cannot import node 'pool' (MaxPool): dilations other than 1"
+    )
+
+
+def test_a_clean_parse_rejects_nothing() -> None:
+    assert one_cell(target("sm86"), facts(FP16, parser=parsed())).verdict is Verdict.BUILD
+
+
+@pytest.mark.parametrize(
+    ("op", "message", "rule", "fix"),
+    [
+        ("QuantizeLinear", "Non-zero zero point is not supported", R.QDQ_ZERO_POINT, "symmetric"),
+        (
+            "DequantizeLinear",
+            "input has type Int32 but must have type FP8, FP4, Int4, Int8, or UInt8",
+            R.QDQ_INT32_BIAS,
+            "do not quantize the bias",
+        ),
+        ("DequantizeLinear", "Found unsupported input type of UINT8", R.QDQ_UINT8, "INT8"),
+        ("DequantizeLinear", "Scale coefficients must all be positive", R.QDQ_SCALE, "positive"),
+        ("QLinearConv", "unsupported operator", R.QDQ_ONLY, "QuantFormat.QDQ"),
+        ("MatMulInteger", "unsupported operator", R.QDQ_ONLY, "QuantFormat.QDQ"),
+        ("MatMul", "must have same input types", R.MIXED_INPUT_TYPES, "one type"),
+    ],
+)
+def test_known_parser_errors_name_their_rule_and_fix(
+    op: str, message: str, rule: str, fix: str
+) -> None:
+    (error,) = one_cell(target("sm86"), facts(FP32, parser=parsed(("n", op, message)))).errors
+    assert error.rule == rule
+    assert fix in error.message
+    assert f"node 'n' ({op}): {message}" in error.message
+
+
+def test_parser_dtype_error_is_not_repeated_after_the_dtype_rule() -> None:
+    f = facts(FP32, FP8_E5M2, parser=parsed(("", "", "Failed to import initializer: w")))
+    assert [r.rule for r in one_cell(target("sm89"), f).errors] == [R.DTYPE_UNSUPPORTED]
+
+
+def test_parser_errors_of_one_rule_make_one_reason() -> None:
+    f = facts(FP32, parser=parsed(("a", "Pad", "x"), ("b", "Pad", "y"), ("", "", "z")))
+    (error,) = one_cell(target("sm86"), f).errors
+    assert "node 'a' (Pad) and 2 more: x" in error.message
