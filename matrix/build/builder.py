@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorrt_rtx as trt
 
-from matrix.atomic import start_writeback
+from matrix.atomic import replace, start_writeback
 from matrix.build import library_log
 from matrix.build.engine_header import describe_mask, read_header, version_tuple
 from matrix.build.messages import WRITING, BuildRequest, BuildResult, ProgressEvent, one_line
@@ -301,13 +301,14 @@ def _write_engine(request: BuildRequest, blob: memoryview,
     # fsync here: the parent makes the engine durable before a lock names it (executor's
     # `_record`), while this worker already builds the next cell.
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        # O_BINARY: on Windows a text-mode fd would turn every 0x0A byte into 0x0D 0x0A.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
         try:
             sha256 = _write_hashed(fd, blob, written)
         finally:
             os.close(fd)
         mask = _check_header(temp, request)
-        os.replace(temp, final)
+        replace(temp, final)  # waits a moment for a reader of the old engine (Windows)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
