@@ -72,3 +72,14 @@ def code_not_racy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     pickle_cache.code_as_imported.cache_clear()
     yield
     pickle_cache.code_as_imported.cache_clear()
+
+
+@pytest.fixture(params=["posix", "portable"])
+def local_pool_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test once per local pool: `RTX_MATRIX_WORKERS` for this process and the
+    builds it starts."""
+    from matrix.build.pools import WORKERS_ENV
+
+    kind: str = request.param
+    monkeypatch.setenv(WORKERS_ENV, kind)
+    return kind

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from matrix.build.executor import CellTask, Outcome
     from matrix.build.pools import Pool
     from matrix.build.progress import Display
-    from matrix.build.worker import Child
+    from matrix.build.pools.posix_child import Child
     from matrix.engine_cache.use import CacheUse
     from matrix.lockfile.survey import Survey
     from matrix.lockfile.types import LockEntry

@@ -1,18 +1,14 @@
-"""The build worker process and the frames it speaks, shared by local workers and Dask.
+"""The build worker process, the same for every pool (posix, portable, Dask).
 
-A worker is a plain `python -c` child that imports the library first thing, then builds
-requests read from its stdin until stdin closes. Events and each cell's result go back on
-its original stdout; fd 1 itself is pointed at stderr, so nothing the library prints can
-corrupt a frame. A frame is a 4-byte big-endian length and a pickle of
-`("event", ProgressEvent)` or `("result", BuildResult)`; both travel on one stream, so a
-cell's `end` event always arrives before its result.
+A worker is a plain `python -c` child (`command()`) that imports the library first thing,
+then builds requests read from its stdin until stdin closes. Events and each cell's result
+go back on its original stdout as frames (`matrix.build.frames`); fd 1 itself is pointed at
+stderr, so nothing the library prints can corrupt a frame.
 
 Why not `multiprocessing` (or pebble on top of it): a spawned worker first re-imports
 `multiprocessing` and pebble (~85 ms here) and the parent must import them before it can
 start one. A plain child starts straight into the library import, which is what every run
-waits for before its first build (bench/bench_overhead.py). It is started with
-`os.posix_spawn`, not `subprocess`, whose import alone takes ~10 ms: `build` starts its
-first worker before parsing its arguments (`matrix.cli.head_start`).
+waits for before its first build (bench/bench_overhead.py).
 
 Importing this module is cheap: the library is imported only inside the child.
 """
@@ -21,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import signal
-import struct
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
+
+from matrix.build.frames import read_frame, write_frame
 
 if TYPE_CHECKING:
     from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
@@ -37,7 +33,6 @@ STEP_INTERVAL = 0.1
 events (the last always): the display needs no more, and a small build emits a few hundred
 steps."""
 
-_HEADER = struct.Struct("!I")
 _PARENT_PID = "RTX_MATRIX_PARENT_PID"
 # Ctrl-C is the parent's business: it kills its workers itself. Ignored before anything is
 # imported, so a Ctrl-C while a worker starts up prints no traceback.
@@ -47,116 +42,14 @@ _CHILD_CODE = (
 )
 
 
-class Child:
-    """A running worker: requests go to its stdin, frames come from its stdout."""
-
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        """Start one worker; `env` is added to this process's environment for it."""
-        request_in, request_out = os.pipe()  # both non-inheritable: only the dup2 copies are
-        reply_in, reply_out = os.pipe()
-        try:
-            self.pid = os.posix_spawn(
-                sys.executable,
-                [sys.executable, "-c", _CHILD_CODE],
-                {**os.environ, **(env or {}), _PARENT_PID: str(os.getpid())},
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, request_in, 0),
-                    (os.POSIX_SPAWN_DUP2, reply_out, 1),
-                ],
-            )
-        except BaseException:
-            for fd in (request_out, reply_in):
-                os.close(fd)
-            raise
-        finally:
-            os.close(request_in)
-            os.close(reply_out)
-        self.requests: IO[bytes] = os.fdopen(request_out, "wb")
-        self.replies = reply_in
-        """The read end of its frames, for `os.read` or `os.fdopen`."""
-        self.returncode: int | None = None
-
-    def kill(self) -> None:
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-
-    def poll(self) -> int | None:
-        """Its exit code once it ended (minus the signal that killed it), else None."""
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def end(self) -> int:
-        """Kill it (if still alive), reap it and close its pipes; its exit code."""
-        self.kill()
-        code = self.wait()
-        self.close()
-        return code
-
-    def close(self) -> None:
-        """Close both pipes (after `wait`: a live child then sees the end of its input)."""
-        with contextlib.suppress(OSError):
-            self.requests.close()
-        with contextlib.suppress(OSError):
-            os.close(self.replies)
-        self.replies = -1
+def command() -> list[str]:
+    """The command line that starts a worker."""
+    return [sys.executable, "-c", _CHILD_CODE]
 
 
-# --- frames --------------------------------------------------------------------------------
-
-
-def write_frame(stream: IO[bytes], value: object) -> None:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def read_frame(stream: IO[bytes]) -> Any:
-    """The next value from a blocking stream, or None at its end (the other side is gone)."""
-    header = _read_exactly(stream, _HEADER.size)
-    if header is None:
-        return None
-    body = _read_exactly(stream, _HEADER.unpack(header)[0])
-    return None if body is None else pickle.loads(body)
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-class FrameBuffer:
-    """Reassembles frames from whatever chunks a non-blocking read returned."""
-
-    def __init__(self) -> None:
-        self._data = bytearray()
-
-    def feed(self, chunk: bytes) -> list[Any]:
-        self._data += chunk
-        values = []
-        while len(self._data) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._data)
-            end = _HEADER.size + size
-            if len(self._data) < end:
-                break
-            values.append(pickle.loads(self._data[_HEADER.size : end]))
-            del self._data[:end]
-        return values
+def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A worker's environment: this process's, plus `env`, plus who its parent is."""
+    return {**os.environ, **(env or {}), _PARENT_PID: str(os.getpid())}
 
 
 # --- when a cell fails outside the builder -------------------------------------------------
@@ -169,6 +62,8 @@ def death(exitcode: int) -> str:
             return f"worker died: signal {-exitcode} ({signal.Signals(-exitcode).name})"
         except ValueError:
             return f"worker died: signal {-exitcode}"
+    if exitcode >= 0xC0000000:  # Windows: the NTSTATUS of the crash, e.g. 0xC0000005
+        return f"worker died: exit code {exitcode:#x}"
     return f"worker died: exit code {exitcode}"
 
 

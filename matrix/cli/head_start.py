@@ -5,7 +5,8 @@ long to import its own modules, parse its arguments and plan. Started first, the
 overlap (bench/bench_overhead.py). A glance at the command line and two stat() calls
 decide, so a run with nothing to build (its lock newer than its manifest) starts nothing.
 Once the arguments are parsed, `build` makes the real decision: its worker pool adopts this
-worker, or it is killed.
+worker, or it is killed. Only the posix pool adopts one (`matrix.build.pools.local_kind`):
+with the portable pool, workers start once the arguments are parsed.
 
 Only the standard library's smallest modules are imported before the worker starts: this
 runs ahead of every other import.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from matrix.build.worker import Child
+    from matrix.build.pools.posix_child import Child
 
 DEFAULT_MANIFEST = "rtx-matrix.yaml"
 """`matrix.plan.load.DEFAULT_MANIFEST` (tests hold them equal; that module imports pathlib)."""
@@ -38,11 +39,15 @@ def start(argv: Sequence[str]) -> None:
     """Start one worker when `argv` looks like a `build` that will build."""
     global _started
     if _started is None and _looks_like_a_build(argv):
-        from matrix.build.worker import Child
+        from matrix.build.pools import local_kind
+
+        if local_kind() != "posix":
+            return
+        from matrix.build.pools import posix_child
 
         # Only a head start: should it fail, the pool starts its workers later or says why not.
         with contextlib.suppress(OSError):
-            _started = Child()
+            _started = posix_child.Child()
 
 
 def take() -> Child | None:

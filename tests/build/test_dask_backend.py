@@ -148,7 +148,6 @@ def test_gpu_cell_without_gpu_worker_fails_at_once_and_cpu_cells_still_build(
         gpu = request(tmp_path, models["fp16"], "gpu", ccs=("sm86",), weightless=True)
         cpu = request(tmp_path, models["fp16"], "cpu", ccs=("sm86",))
         with DaskBackend(no_gpu, timeout=60) as backend:
-            assert backend.unrunnable([gpu, cpu]) == {"gpu": NO_GPU_WORKER}
             started = time.monotonic()
             backend.submit(gpu)
             backend.submit(cpu)

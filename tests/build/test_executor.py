@@ -1,4 +1,5 @@
-"""Executor orchestration: the stop/keep-going logic with a fake pool."""
+"""Executor orchestration: the stop/keep-going logic with a fake pool, then with each real
+local pool and real builds."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from matrix.build import executor
 from matrix.build.executor import CellTask, Outcome, Run, RunOptions, Status
 from matrix.build.memory import MemoryGate
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.build.pools import local_pool
 from matrix.lockfile.book import LockBook
 from matrix.lockfile.stamps import Stamps
 from matrix.lockfile.types import Lock, PlanIdentity
 from matrix.manifest.types import BuilderOptions
+from tests import modelgen
+from tests.factories import build_request
 
 
 def header() -> Lock:
@@ -199,3 +203,32 @@ def test_orchestration_with_fake_builder_fails_a_cell_out_of_memory_twice() -> N
         ("a", Status.FAILED, "killed: out of memory"),
         ("c", Status.NOT_STARTED, ""),
     ]
+
+
+def record_without_a_lock(run: Run, task: CellTask, result: BuildResult) -> Outcome:
+    status = Status.BUILT if result.ok else Status.FAILED
+    return Outcome(result.cell_id, status, result.seconds, result.error or "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("keep_going", "jobs"), [(False, 1), (True, 2)])
+def test_a_real_pool_stops_or_keeps_going_after_a_failed_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_pool_kind: str, keep_going: bool,
+    jobs: int
+) -> None:
+    monkeypatch.setattr(executor, "_record", record_without_a_lock)
+    model = modelgen.conv_fp32(tmp_path / "conv.onnx")
+    cells = [build_request(tmp_path, tmp_path / "missing.onnx", "c1"),
+             build_request(tmp_path, model, "c2"), build_request(tmp_path, model, "c3")]
+    run = Run(plan=None, book=None, options=RunOptions(jobs, keep_going), gpu=None)  # type: ignore[arg-type]
+    with local_pool(jobs) as pool:
+        executor._drain_pool(run, pool, [CellTask(None, c, False) for c in cells])  # type: ignore[arg-type]
+    outcomes = {}
+    while not run.messages.empty():
+        kind, payload = run.messages.get()
+        if kind == "outcome":
+            outcomes[payload.cell_id] = payload
+    assert outcomes["c1"].status is Status.FAILED and "missing.onnx" in outcomes["c1"].detail
+    rest = Status.BUILT if keep_going else Status.NOT_STARTED
+    assert [outcomes[c].status for c in ("c2", "c3")] == [rest, rest]
+    assert (tmp_path / "engines" / "c3.engine").exists() is keep_going

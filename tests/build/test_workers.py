@@ -1,4 +1,7 @@
-"""WorkerPool with real builds: parallel cells, a killed worker, a timeout, cancel, Ctrl-C."""
+"""Both local pools with real builds: parallel cells, a killed worker, a timeout, Ctrl-C.
+
+Every test that takes `local_pool_kind` runs once with the posix pool and once with the
+portable one (`RTX_MATRIX_WORKERS`), and asserts the same of both."""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from matrix.build import worker as build_child
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
+from matrix.build.pools import Pool, local_pool, posix_child
+from matrix.build.pools.portable import PortablePool
 from matrix.build.pools.posix import WorkerPool
-from matrix.build.worker import death, describe_error
 from tests import modelgen
 from tests.factories import build_request as request
 
@@ -31,8 +35,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # About 3 s to build: long enough to kill or time out mid-build.
         "slow": modelgen.slow_conv_stack(folder / "slow.onnx"),
     }
-
-
 
 
 def quick_cells(tmp_path: Path, models: dict[str, Path], count: int) -> list[BuildRequest]:
@@ -56,9 +58,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_two_workers_build_every_cell(tmp_path: Path, models: dict[str, Path]) -> None:
+def test_two_workers_build_every_cell(tmp_path: Path, models: dict[str, Path],
+                                      local_pool_kind: str) -> None:
     events: list[ProgressEvent] = []
-    with WorkerPool(jobs=2) as pool:
+    with local_pool(2) as pool:
         for cell in quick_cells(tmp_path, models, 6):
             pool.submit(cell)
         results = {r.cell_id: r for r in pool.results(events.append)}
@@ -76,9 +79,10 @@ def test_two_workers_build_every_cell(tmp_path: Path, models: dict[str, Path]) -
     assert temp_leftovers(tmp_path) == []
 
 
-def test_events_come_before_their_result(tmp_path: Path, models: dict[str, Path]) -> None:
+def test_events_come_before_their_result(tmp_path: Path, models: dict[str, Path],
+                                         local_pool_kind: str) -> None:
     seen: list[str] = []
-    with WorkerPool(jobs=1) as pool:
+    with local_pool(1) as pool:
         for cell in quick_cells(tmp_path, models, 3):
             pool.submit(cell)
         for result in pool.results(lambda e: seen.append(f"{e.kind}:{e.cell_id}")):
@@ -87,17 +91,9 @@ def test_events_come_before_their_result(tmp_path: Path, models: dict[str, Path]
     assert order == [f"{kind}:conv{i}" for i in range(3) for kind in ("start", "end", "result")]
 
 
-def test_parent_never_imports_the_library() -> None:
-    code = ("import sys, matrix.build.pools.posix; "
-            "print('tensorrt_rtx' in sys.modules, 'matrix.build.builder' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.split() == ["False", "False"]
-
-
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGABRT])
 def test_a_worker_killed_mid_build_fails_only_its_cell(tmp_path: Path, models: dict[str, Path],
-                                                       signum: int) -> None:
+                                                       signum: int, local_pool_kind: str) -> None:
     slow = request(tmp_path, models["slow"], "slow")
     # Stands for the temp file a worker killed while writing would leave.
     left_behind = tmp_path / "engines" / ".slow.engine.tmp-99999"
@@ -110,7 +106,7 @@ def test_a_worker_killed_mid_build_fails_only_its_cell(tmp_path: Path, models: d
             left_behind.write_bytes(b"partial engine")
             os.kill(event.pid, signum)
 
-    with WorkerPool(jobs=2) as pool:
+    with local_pool(2) as pool:
         pool.submit(slow)
         for cell in quick_cells(tmp_path, models, 4):
             pool.submit(cell)
@@ -127,7 +123,7 @@ def test_a_worker_killed_mid_build_fails_only_its_cell(tmp_path: Path, models: d
 
 
 def test_workers_killed_while_sending_events_never_block_the_others(
-        tmp_path: Path, models: dict[str, Path]) -> None:
+        tmp_path: Path, models: dict[str, Path], local_pool_kind: str) -> None:
     # Kill each slow cell's worker right as its events stream in: were the event pipe guarded
     # by a lock, a worker dying while holding it would block every later worker forever.
     slow_cells = [request(tmp_path, models["slow"], f"slow{i}") for i in range(3)]
@@ -139,7 +135,7 @@ def test_workers_killed_while_sending_events_never_block_the_others(
             killed.add(event.cell_id)
             os.kill(event.pid, signal.SIGKILL)
 
-    with WorkerPool(jobs=2) as pool:
+    with local_pool(2) as pool:
         watchdog = threading.Timer(60, pool.shutdown)  # a hang fails the test, not the run
         watchdog.start()
         for cell in [*slow_cells, *quick_cells(tmp_path, models, 3)]:
@@ -151,10 +147,10 @@ def test_workers_killed_while_sending_events_never_block_the_others(
     assert all(results[f"conv{i}"].ok for i in range(3))
 
 
-def test_timeout_fails_only_that_cell_and_replaces_its_worker(tmp_path: Path,
-                                                              models: dict[str, Path]) -> None:
+def test_timeout_fails_only_that_cell_and_replaces_its_worker(
+        tmp_path: Path, models: dict[str, Path], local_pool_kind: str) -> None:
     started = time.monotonic()
-    with WorkerPool(jobs=1, timeout=1) as pool:
+    with local_pool(1, timeout=1) as pool:
         pool.submit(request(tmp_path, models["slow"], "slow"))
         for cell in quick_cells(tmp_path, models, 2):
             pool.submit(cell)
@@ -172,19 +168,19 @@ def children() -> list[int]:
     return [int(pid) for pid in task.read_text().split()]
 
 
-def test_workers_start_when_the_pool_is_entered(tmp_path: Path, models: dict[str, Path]) -> None:
+def test_workers_start_when_the_pool_is_entered(local_pool_kind: str) -> None:
     """Before any cell is submitted, so their start-up overlaps the caller's planning."""
     before = set(children())
-    with WorkerPool(jobs=2):
+    with local_pool(2):
         workers = [pid for pid in children() if pid not in before]
         assert len(workers) == 2 and all(alive(pid) for pid in workers)
     assert not any(alive(pid) for pid in workers)
 
 
 def test_a_worker_lost_while_idle_is_replaced_for_the_next_cell(
-        tmp_path: Path, models: dict[str, Path]) -> None:
+        tmp_path: Path, models: dict[str, Path], local_pool_kind: str) -> None:
     before = set(children())
-    with WorkerPool(jobs=1) as pool:
+    with local_pool(1) as pool:
         (idle,) = [pid for pid in children() if pid not in before]
         os.kill(idle, signal.SIGKILL)
         while alive(idle):  # dead, not dying: a cell handed out meanwhile would fail with it
@@ -195,12 +191,12 @@ def test_a_worker_lost_while_idle_is_replaced_for_the_next_cell(
 
 
 def test_a_library_that_fails_to_import_fails_each_cell_with_its_error(
-        tmp_path: Path, models: dict[str, Path]) -> None:
+        tmp_path: Path, models: dict[str, Path], local_pool_kind: str) -> None:
     # A `tensorrt_rtx` ahead of the real one on the path stands for a broken install.
     broken = tmp_path / "broken" / "tensorrt_rtx"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('libnvinfer missing')\n")
-    with WorkerPool(jobs=1, env={"PYTHONPATH": str(broken.parent)}) as pool:
+    with local_pool(1, env={"PYTHONPATH": str(broken.parent)}) as pool:
         for cell in quick_cells(tmp_path, models, 2):
             pool.submit(cell)
         results = list(pool.results())
@@ -211,29 +207,8 @@ def test_a_library_that_fails_to_import_fails_each_cell_with_its_error(
     assert log == f"rtx-matrix: {error}\n"
 
 
-def test_cancel_pending_starts_nothing_more(tmp_path: Path, models: dict[str, Path]) -> None:
-    cells = quick_cells(tmp_path, models, 4)
-    started: list[str] = []
-    results: list[BuildResult] = []
-
-    def note_start(event: ProgressEvent) -> None:
-        if event.kind == "start":
-            started.append(event.cell_id)
-
-    with WorkerPool(jobs=1) as pool:
-        for cell in cells:
-            pool.submit(cell)
-        for result in pool.results(note_start):
-            results.append(result)
-            cancelled = pool.cancel_pending()
-            assert [c.cell_id for c in cancelled] == ["conv1", "conv2", "conv3"]
-    assert [r.cell_id for r in results] == ["conv0"] and results[0].ok
-    assert started == ["conv0"]
-    assert not (tmp_path / "engines" / "conv1.engine").exists()
-
-
-def test_ctrl_c_kills_workers_cleans_up_and_propagates(tmp_path: Path,
-                                                       models: dict[str, Path]) -> None:
+def test_ctrl_c_kills_workers_cleans_up_and_propagates(
+        tmp_path: Path, models: dict[str, Path], local_pool_kind: str) -> None:
     left_behind = tmp_path / "engines" / ".slow.engine.tmp-99999"
     workers: list[int] = []
 
@@ -245,7 +220,7 @@ def test_ctrl_c_kills_workers_cleans_up_and_propagates(tmp_path: Path,
             left_behind.write_bytes(b"partial engine")
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt), WorkerPool(jobs=2) as pool:
+    with pytest.raises(KeyboardInterrupt), local_pool(2) as pool:
         pool.submit(request(tmp_path, models["slow"], "slow"))
         pool.submit(request(tmp_path, models["slow"], "slow2"))
         list(pool.results(interrupt))
@@ -254,8 +229,8 @@ def test_ctrl_c_kills_workers_cleans_up_and_propagates(tmp_path: Path,
     assert not (tmp_path / "engines" / "slow.engine").exists()
 
 
-def test_shutdown_from_another_thread_ends_the_iteration(tmp_path: Path,
-                                                        models: dict[str, Path]) -> None:
+def test_shutdown_from_another_thread_ends_the_iteration(
+        tmp_path: Path, models: dict[str, Path], local_pool_kind: str) -> None:
     started = threading.Event()
     workers: list[int] = []
     results: list[BuildResult] = []
@@ -266,13 +241,13 @@ def test_shutdown_from_another_thread_ends_the_iteration(tmp_path: Path,
             workers.append(event.pid)
             started.set()
 
-    def drain(pool: WorkerPool) -> None:
+    def drain(pool: Pool) -> None:
         try:
             results.extend(pool.results(on_event))
         except BaseException as error:
             errors.append(error)
 
-    with WorkerPool(jobs=1) as pool:
+    with local_pool(1) as pool:
         pool.submit(request(tmp_path, models["slow"], "slow"))
         pool.submit(request(tmp_path, models["conv"], "conv"))
         thread = threading.Thread(target=drain, args=(pool,))
@@ -286,38 +261,51 @@ def test_shutdown_from_another_thread_ends_the_iteration(tmp_path: Path,
     assert temp_leftovers(tmp_path) == []
 
 
-def test_worker_failures_read_as_one_line() -> None:
-    assert death(-9) == "worker died: signal 9 (SIGKILL)"
-    assert death(-11) == "worker died: signal 11 (SIGSEGV)"
-    assert death(3) == "worker died: exit code 3"
-    assert describe_error(ValueError("bad\nthing")) == "worker error: ValueError: bad thing"
+def test_parent_never_imports_the_library(local_pool_kind: str) -> None:
+    code = (f"import sys, matrix.build.pools.{local_pool_kind}; "
+            "print('tensorrt_rtx' in sys.modules, 'matrix.build.builder' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_the_environment_picks_the_pool(local_pool_kind: str) -> None:
+    pool = local_pool(1)
+    assert type(pool) is {"posix": WorkerPool, "portable": PortablePool}[local_pool_kind]
 
 
 def test_a_pool_that_cannot_start_every_worker_leaves_none_behind(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[build_child.Child] = []
-    real = build_child.Child
+        monkeypatch: pytest.MonkeyPatch, local_pool_kind: str) -> None:
+    made: list[Any] = []
+    module, name = (posix_child, "Child") if local_pool_kind == "posix" else (subprocess, "Popen")
+    real = getattr(module, name)
 
-    def second_fails(env: object = None) -> build_child.Child:
+    def second_fails(*args: Any, **kwargs: Any) -> Any:
         if made:
             raise OSError(11, "Resource temporarily unavailable")
-        made.append(real())
+        made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(build_child, "Child", second_fails)
+    monkeypatch.setattr(module, name, second_fails)
     with pytest.raises(OSError, match="Resource temporarily unavailable"):
-        WorkerPool(jobs=2).__enter__()
+        local_pool(2).__enter__()
     assert [child.returncode for child in made] == [-signal.SIGKILL]
 
 
 def test_a_started_worker_handed_to_a_pool_never_entered_is_killed() -> None:
-    child = build_child.Child()
+    child = posix_child.Child()
     WorkerPool(jobs=1, started=[child]).shutdown()
     assert child.returncode == -signal.SIGKILL
     with pytest.raises(ValueError, match="2 workers started for a pool of 1"):
         WorkerPool(jobs=1, started=[child, child])
 
 
-def test_jobs_must_be_positive() -> None:
+def test_only_the_posix_pool_adopts_a_started_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTX_MATRIX_WORKERS", "portable")
+    with pytest.raises(ValueError, match="only the posix pool adopts workers started before it"):
+        local_pool(1, started=[object()])  # type: ignore[list-item]
+
+
+def test_jobs_must_be_positive(local_pool_kind: str) -> None:
     with pytest.raises(ValueError, match="jobs must be at least 1, not 0"):
-        WorkerPool(jobs=0)
+        local_pool(0)

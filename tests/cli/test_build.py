@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from matrix.build.worker import Child
+from matrix.build.pools.posix_child import Child
 from matrix.cli import head_start, main
 from matrix.lockfile.io import read_lock
 from matrix.versions import VERSION_OVERRIDE, installed_tensorrt_rtx
 from tests import modelgen
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MANIFEST = """\
 version: 1
@@ -99,7 +102,9 @@ def changed_lines(before: str, after: str) -> set[str]:
     return changed
 
 
-def test_first_build_writes_engines_and_lock(project: Project, capsys: Any) -> None:
+def test_first_build_writes_engines_and_lock(
+    project: Project, capsys: Any, local_pool_kind: str
+) -> None:
     assert project.build() == 0
     out = capsys.readouterr().out
     assert built_cells(out) == ["a@sm86", "a@sm89", "b@sm86"]
@@ -141,7 +146,36 @@ def test_noop_run_imports_no_heavy_library(project: Project) -> None:
     assert result.stdout == "3 cells up to date\n"
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     heavy = {"tensorrt_rtx", "onnx", "rich", "jsonschema", "importlib.metadata"}
-    assert not imported & {*heavy, "matrix.build.pools.posix"}
+    assert not imported & {*heavy, "matrix.build.pools.posix", "matrix.build.pools.portable"}
+
+
+def test_the_demo_builds_with_the_portable_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The pool Windows uses, forced on Linux: the same lock as the posix pool would write."""
+    demo = tmp_path / "demo"
+    shutil.copytree(
+        ROOT / "manifests" / "demo", demo, ignore=shutil.ignore_patterns("engines", "*.lock")
+    )
+    manifest = demo / "rtx-matrix.yaml"
+    monkeypatch.setenv("RTX_MATRIX_WORKERS", "portable")
+    assert main(["build", "-j2", str(manifest)]) == 0
+    assert "10 built" in capsys.readouterr().out
+    lock = read_lock(demo / "rtx-matrix.lock")
+    assert lock is not None
+    assert sorted(lock.engines) == [
+        "classifier@default", "classifier@rtx40", "classifier@sm75", "detector@ampere-plus",
+        "detector@default", "detector@sm75", "fp8-head@default", "fp8-head@rtx40",
+        "ranker@ampere-plus", "ranker@default",
+    ]
+    for entry in lock.engines.values():
+        assert sha256(demo / entry.path) == entry.sha256
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (demo / "rtx-matrix.lock").stat().st_mode & 0o777 == 0o666 & ~umask
+    # Fingerprints, engine stamps and lock header as the posix pool's run would judge them.
+    monkeypatch.setenv("RTX_MATRIX_WORKERS", "posix")
+    assert main(["build", "--check", str(manifest)]) == 0
 
 
 def test_corrupt_lock_is_one_error_line(project: Project, capsys: Any) -> None:
@@ -226,7 +260,7 @@ def failing_project(project: Project) -> None:
     project.write("bad", "a", "b", extra={"bad": bad})
 
 
-def test_failing_cell_with_keep_going(project: Project, capsys: Any) -> None:
+def test_failing_cell_with_keep_going(project: Project, capsys: Any, local_pool_kind: str) -> None:
     failing_project(project)
     assert project.build("-k") == 1
     out = capsys.readouterr().out
@@ -238,7 +272,9 @@ def test_failing_cell_with_keep_going(project: Project, capsys: Any) -> None:
     assert "FAILED" in project.engine("bad@sm86").with_suffix(".log").read_text()
 
 
-def test_without_keep_going_stops_starting_cells(project: Project, capsys: Any) -> None:
+def test_without_keep_going_stops_starting_cells(
+    project: Project, capsys: Any, local_pool_kind: str
+) -> None:
     failing_project(project)
     assert main(["build", str(project.manifest), "-j1"]) == 1
     out = capsys.readouterr().out
@@ -369,7 +405,7 @@ def worker_pids(parent: int) -> list[int]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_keeps_finished_cells_and_resume_builds_the_rest(
-    project: Project, capsys: Any, signum: int
+    project: Project, capsys: Any, signum: int, local_pool_kind: str
 ) -> None:
     slow_project(project)
     process = start_build(project)
@@ -384,7 +420,7 @@ def test_ctrl_c_keeps_finished_cells_and_resume_builds_the_rest(
     assert built_cells(capsys.readouterr().out) == ["b@sm86", "slow@sm86"]
 
 
-def test_kill_9_leaves_a_valid_lock(project: Project, capsys: Any) -> None:
+def test_kill_9_leaves_a_valid_lock(project: Project, capsys: Any, local_pool_kind: str) -> None:
     slow_project(project)
     process = start_build(project)
     wait_for_slow_build(project, process)
@@ -396,7 +432,7 @@ def test_kill_9_leaves_a_valid_lock(project: Project, capsys: Any) -> None:
     assert not list(project.engines.rglob("*.tmp*"))
 
 
-def test_workers_die_with_a_killed_run(project: Project) -> None:
+def test_workers_die_with_a_killed_run(project: Project, local_pool_kind: str) -> None:
     """Only the parent is killed: its worker must not build on unseen as an orphan."""
     slow_project(project)
     process = start_build(project)
@@ -421,7 +457,9 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_worker_killed_mid_build_fails_only_its_cell(project: Project) -> None:
+def test_worker_killed_mid_build_fails_only_its_cell(
+    project: Project, local_pool_kind: str
+) -> None:
     slow_project(project)
     process = start_build(project, "-k")
     wait_for_slow_build(project, process)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from matrix.build import worker as build_child
+from matrix.build.pools import posix_child as build_child
 from matrix.cli import head_start, main
 from matrix.manifest.types import default_lock_path
 from matrix.plan import load
@@ -52,6 +52,15 @@ def test_a_first_build_adopts_the_worker_started_before_parsing(
     assert "built a@sm86" in capsys.readouterr().out
     assert len(started) == 1  # the head start's, not one more
     assert all(child.returncode is not None for child in started)
+
+
+def test_no_head_start_for_the_portable_pool(
+        project: Path, started: list[build_child.Child], monkeypatch: pytest.MonkeyPatch,
+        capsys: Any) -> None:
+    monkeypatch.setenv("RTX_MATRIX_WORKERS", "portable")
+    assert main(["build", "-j1"]) == 0
+    assert "built a@sm86" in capsys.readouterr().out
+    assert started == []  # the portable pool started its own worker, after parsing
 
 
 def test_a_noop_run_starts_no_worker(project: Path, started: list[build_child.Child]) -> None:

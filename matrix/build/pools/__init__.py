@@ -1,9 +1,12 @@
 """Where cells are built: interchangeable pools behind one `Pool` protocol.
 
-- `posix`: the fast local pool on Linux and macOS (posix_spawn, one selector, no threads).
+- `posix`: the fast local pool on Linux and macOS (posix_spawn, one selector, no threads);
+  its workers are `posix_child.Child`ren.
 - `portable`: the local pool that also runs on Windows (subprocess, a reader thread per
-  worker). `RTX_MATRIX_WORKERS=portable` forces it on POSIX.
-- `dask_cluster`: a Dask distributed cluster (`build --executor dask`).
+  worker; `windows_job` ties its workers to the parent there). `RTX_MATRIX_WORKERS=portable`
+  forces it on POSIX.
+- `dask_cluster`: a Dask distributed cluster (`build --executor dask`); each Dask worker
+  builds in a portable pool of one.
 
 Each builds one cell per worker process at a time in `matrix.build.worker`, and fails only
 that cell when its worker crashes, is killed or runs past its timeout.
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
-    from matrix.build.worker import Child
+    from matrix.build.pools.posix_child import Child
 
 EventCallback = Callable[["ProgressEvent"], None]
 
@@ -71,8 +74,14 @@ def local_pool(
     env: Mapping[str, str] | None = None,
     started: Sequence[Child] = (),
 ) -> Pool:
-    """A local pool of `jobs` workers (not yet entered). `started`: workers `head_start`
-    started already; only the posix pool adopts them."""
+    """A local pool of `jobs` workers (not yet entered), of `local_kind()`. `started`:
+    workers `head_start` started already (it starts them only for the posix pool)."""
+    if local_kind() == "portable":
+        if started:
+            raise ValueError("only the posix pool adopts workers started before it")
+        from matrix.build.pools.portable import PortablePool
+
+        return PortablePool(jobs, timeout, env)
     from matrix.build.pools.posix import WorkerPool
 
     return WorkerPool(jobs, timeout, env, started=started)

@@ -1,12 +1,13 @@
 """Build cells on a Dask distributed cluster: `build --executor dask --scheduler ADDRESS`.
 
-Same interface as `matrix.build.pools.posix.WorkerPool` (context manager, `submit`, `results`,
-`cancel_pending`), so the executor, progress display and lockfile are the same as local runs.
+Same `Pool` protocol as the local pools (context manager, `submit`, `results`, `shutdown`),
+so the executor, progress display and lockfile are the same as local runs.
 
 - Isolation: each Dask worker builds in a child process of its own (one per worker thread,
-  reused across cells): the same `matrix.build.worker` process local runs use. A crash, abort
-  or timeout kills only that child: the cell fails, the Dask worker lives on and starts a
-  fresh child for its next cell.
+  reused across cells): the same `matrix.build.worker` process local runs use, in a portable
+  pool of one (`matrix.build.pools.portable`), so Dask workers run on Windows too. A crash,
+  abort or timeout kills only that child: the cell fails, the Dask worker lives on and starts
+  a fresh child for its next cell.
 - Routing: GPU-needing cells (`use_gpu` or `weightless`) ask for the `GPU` resource, so they
   run only on workers started with `--resources GPU=1`. A cell no worker of the cluster can
   run fails at once instead of waiting forever.
@@ -27,30 +28,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import queue
-import select
 import tempfile
 import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from matrix.atomic import write_atomic
-from matrix.build import worker as build_child
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent
 from matrix.build.messages import one_line as _one_line
-from matrix.build.oom import oom_kills
 from matrix.build.pools import EventCallback, ignore
 from matrix.errors import UsageError
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from matrix.build.pools.portable import PortablePool
 
 GPU_RESOURCE = "GPU"
 MEMORY_RESOURCE = "MEMORY"
@@ -121,7 +118,7 @@ class DaskBackend:
 
     @property
     def jobs(self) -> int:
-        """How many cells to keep in flight (`WorkerPool.jobs`): two per worker thread, so a
+        """How many cells to keep in flight (`Pool.jobs`): two per worker thread, so a
         worker has its next cell at hand while the client hears of the last one."""
         if self._jobs is None:
             workers = self._client.scheduler_info(n_workers=-1).get("workers", {})
@@ -129,7 +126,7 @@ class DaskBackend:
         return self._jobs
 
     def shutdown(self) -> None:
-        """`WorkerPool.shutdown`'s name for `close`."""
+        """`Pool.shutdown`'s name for `close`."""
         self.close()
 
     def close(self) -> None:
@@ -145,17 +142,7 @@ class DaskBackend:
             self._client.close()
             self._owns_client = False
 
-    # --- the WorkerPool interface ---------------------------------------------------------
-
-    def unrunnable(self, requests: Iterable[BuildRequest]) -> dict[str, str]:
-        """Cell id -> why no worker of the cluster can run it (asked of the scheduler now)."""
-        resources = self._worker_resources()
-        reasons = {}
-        for request in requests:
-            reason = _why_unrunnable(request, resources)
-            if reason is not None:
-                reasons[request.cell_id] = reason
-        return reasons
+    # --- the Pool protocol ----------------------------------------------------------------
 
     def submit(self, request: BuildRequest) -> None:
         """Send one cell to the cluster; a cell it cannot run fails at once (see `results`)."""
@@ -172,19 +159,8 @@ class DaskBackend:
         self._submitted[key] = _Submitted(request, future)
         future.add_done_callback(lambda _: self._inbox.put(("done", key)))
 
-    def cancel_pending(self) -> tuple[BuildRequest, ...]:
-        """Cells not known to have started never start and yield no result; returned so the
-        caller can report them as not started. Cells already building finish."""
-        waiting = {key: s for key, s in self._submitted.items()
-                   if s.request.cell_id not in self._started}
-        if waiting:
-            self._client.cancel([s.future for s in waiting.values()])
-        for key in waiting:
-            del self._submitted[key]
-        return tuple(s.request for s in waiting.values())
-
     def results(self, on_event: EventCallback | None = None) -> Iterator[BuildResult]:
-        """Yield each result as it finishes until every submitted, uncancelled cell has one."""
+        """Yield each result as it finishes until every submitted cell has one."""
         emit = on_event or ignore
         while self._ready or self._submitted:
             while self._ready:
@@ -371,77 +347,29 @@ def _read_text(path: str) -> str | None:
 
 
 class _Children:
-    """This Dask worker's idle build children, one per thread that has built so far."""
+    """This Dask worker's idle build children: a portable pool of one per thread that has
+    built so far, each kept for the next cell. A child that dies, or whose time runs out,
+    fails only its cell; its pool starts a fresh one for the next."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: list[_Child] = []
+        self._idle: list[PortablePool] = []
 
     def build(self, request: BuildRequest, timeout: float | None,
               publish: Callable[[dict[str, Any]], None]) -> BuildResult:
+        from matrix.build.pools.portable import PortablePool
+
         with self._lock:
-            idle, self._idle = self._idle, []
-        # An idle child may have died meanwhile (see `_die_with_parent`): never hand it a cell.
-        alive = [c for c in idle if c.alive]
-        for dead in (c for c in idle if c not in alive):
-            dead.proc.end()
-        child = alive.pop() if alive else _Child()
+            pool = self._idle.pop() if self._idle else None
+        if pool is None:
+            pool = PortablePool(1).__enter__()
+        pool.timeout = timeout
+        pool.submit(request)
+        # Any exception here (Ctrl-C included) shuts the pool: it is not kept.
+        (result,) = pool.results(lambda event: publish(asdict(event)))
         with self._lock:
-            self._idle.extend(alive)
-        result = child.build(request, timeout, publish)
-        if child.alive:
-            with self._lock:
-                self._idle.append(child)
+            self._idle.append(pool)
         return result
-
-
-class _Child:
-    """One build process (`matrix.build.worker`), read with `select` so a timeout needs no
-    thread of its own."""
-
-    def __init__(self) -> None:
-        self.proc = build_child.Child()
-        self._frames = build_child.FrameBuffer()
-        self._ready: deque[tuple[str, Any]] = deque()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def build(self, request: BuildRequest, timeout: float | None,
-              publish: Callable[[dict[str, Any]], None]) -> BuildResult:
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        kills_before = oom_kills()
-        try:
-            build_child.write_frame(self.proc.requests, request)
-            while (frame := self._next(deadline)) is not None:
-                kind, payload = frame
-                if kind == "result":
-                    result: BuildResult = payload
-                    return result
-                publish(asdict(payload))
-        except TimeoutError:  # before OSError, of which it is a kind
-            self.proc.end()
-            return build_child.failed(request, started, f"timed out after {timeout:g} s")
-        except OSError:
-            pass  # it died: its exit code says how
-        return build_child.died(request, started, self.proc.end(), kills_before)
-
-    def _next(self, deadline: float | None) -> tuple[str, Any] | None:
-        """The next frame; None at the end of the child's output. TimeoutError past
-        `deadline`."""
-        while not self._ready:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError
-            readable, _, _ = select.select([self.proc.replies], [], [], remaining)
-            if readable:
-                chunk = os.read(self.proc.replies, 1 << 16)
-                if not chunk:
-                    return None
-                self._ready.extend(self._frames.feed(chunk))
-        return self._ready.popleft()
 
 
 _CHILDREN = _Children()

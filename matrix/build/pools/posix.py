@@ -1,16 +1,16 @@
-"""Builds cells in reusable worker processes, one build per worker at a time.
+"""The fast local pool on Linux and macOS: reusable worker processes, one build each at a time.
 
-Each worker is a `matrix.build.worker` process: it starts straight into the library import,
-and a cell handed to it before it is ready waits in its stdin. The parent never imports
-`tensorrt_rtx`.
+Each worker is a `matrix.build.worker` process started with posix_spawn
+(`matrix.build.pools.posix_child`): it starts straight into the library import, and a cell
+handed to it before it is ready waits in its stdin. The parent never imports `tensorrt_rtx`.
 
 Isolation: a worker that crashes, aborts, is killed or runs past the timeout fails only its
 own cell ("worker died: signal 6 (SIGABRT)", "timed out after 30 s"); the pool starts a new
 worker when it next has a cell to hand out, and the other cells go on.
 
-Threading: the pool has no threads. `results()` waits on the workers' pipes in the caller's
-thread and calls `on_event` from there. `submit`, `cancel_pending` and `shutdown` may be
-called from other threads.
+Threading: the pool has no threads. `results()` waits on the workers' pipes (one selector)
+in the caller's thread and calls `on_event` from there. `submit` and `shutdown` may be called
+from other threads. `matrix.build.pools.portable` does the same with a thread per worker.
 """
 
 from __future__ import annotations
@@ -25,34 +25,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from matrix.build import worker as build_child
+from matrix.build.frames import FrameBuffer, write_frame
 from matrix.build.messages import BuildRequest, BuildResult
 from matrix.build.oom import oom_kills
 from matrix.build.pools import EventCallback, ignore
+from matrix.build.pools import posix_child as spawn
+from matrix.build.pools.in_flight import InFlight, timed_out, until_next_timeout
 from matrix.build.temp_files import remove_temp_files
+from matrix.build.worker import died
 
 _READ_SIZE = 1 << 16
 
 
 @dataclass
-class _InFlight:
-    request: BuildRequest
-    handed_out: float
-    oom_kills: int | None
-    """The kernel's count of OOM kills at hand-out, to tell how a killed worker died."""
-    started: float | None = None
-    """When the worker said it began: a worker still starting up has not yet."""
-
-    @property
-    def since(self) -> float:
-        return self.handed_out if self.started is None else self.started
-
-
-@dataclass
 class _Worker:
-    proc: build_child.Child
-    frames: build_child.FrameBuffer = field(default_factory=build_child.FrameBuffer)
-    cell: _InFlight | None = None
+    proc: spawn.Child
+    frames: FrameBuffer = field(default_factory=FrameBuffer)
+    cell: InFlight | None = None
 
     @property
     def output(self) -> int:
@@ -71,7 +60,7 @@ class WorkerPool:
         jobs: int,
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
-        started: Sequence[build_child.Child] = (),
+        started: Sequence[spawn.Child] = (),
     ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
@@ -123,16 +112,8 @@ class WorkerPool:
             self._pending.append(request)
             self._hand_out()
 
-    def cancel_pending(self) -> tuple[BuildRequest, ...]:
-        """Queued cells that have not gone to a worker never start and yield no result;
-        returned so the caller can report them as not started. Cells in flight finish."""
-        with self._lock:
-            cancelled = tuple(self._pending)
-            self._pending.clear()
-        return cancelled
-
     def results(self, on_event: EventCallback | None = None) -> Iterator[BuildResult]:
-        """Yield each result as it finishes until every submitted, uncancelled cell has one.
+        """Yield each result as it finishes until every submitted cell has one.
 
         `on_event` is called from this iterating thread, each cell's `end` before its result.
         Ctrl-C (or any exception) here kills every worker, removes temp files of cells in
@@ -148,13 +129,13 @@ class WorkerPool:
                     if self._closed:
                         return
                     self._hand_out()
-                    busy = [w for w in self._workers if w.cell is not None]
+                    busy = [w.cell for w in self._workers if w.cell is not None]
                     if not busy:
                         return
                     selector = self._selector
                     assert selector is not None
                 try:
-                    ready = selector.select(self._until_next_timeout(busy))
+                    ready = selector.select(until_next_timeout(busy, self.timeout))
                 except (OSError, ValueError):
                     if self._closed:
                         return
@@ -200,9 +181,9 @@ class WorkerPool:
     # --- internals ------------------------------------------------------------------------
 
     def _start_worker(self) -> _Worker:
-        return self._add(build_child.Child(self.env))
+        return self._add(spawn.Child(self.env))
 
-    def _add(self, child: build_child.Child) -> _Worker:
+    def _add(self, child: spawn.Child) -> _Worker:
         assert self._selector is not None
         worker = _Worker(child)
         self._selector.register(worker.output, selectors.EVENT_READ, worker)
@@ -229,7 +210,7 @@ class WorkerPool:
                 worker.proc.end()
                 worker = self._start_worker()
                 _send(worker, request)
-            worker.cell = _InFlight(request, time.monotonic(), kills)
+            worker.cell = InFlight(request, time.monotonic(), kills)
 
     def _forget(self, worker: _Worker) -> None:
         """Holding the lock: no more cells or reads for this worker."""
@@ -250,7 +231,7 @@ class WorkerPool:
             code = self._retire(worker)
             lost = worker.cell
             if lost is not None:
-                yield build_child.died(lost.request, lost.since, code, lost.oom_kills)
+                yield died(lost.request, lost.since, code, lost.oom_kills)
             return
         for kind, payload in worker.frames.feed(chunk):
             cell = worker.cell
@@ -269,17 +250,9 @@ class WorkerPool:
         now = time.monotonic()
         for worker in list(self._workers):
             cell = worker.cell
-            if cell is not None and now - cell.since >= self.timeout:
+            if cell is not None and cell.expired(self.timeout, now):
                 self._retire(worker)
-                yield build_child.failed(
-                    cell.request, cell.since, f"timed out after {self.timeout:g} s"
-                )
-
-    def _until_next_timeout(self, busy: list[_Worker]) -> float | None:
-        if self.timeout is None:
-            return None
-        since = min(w.cell.since for w in busy if w.cell is not None)
-        return max(0.0, since + self.timeout - time.monotonic())
+                yield timed_out(cell, self.timeout)
 
     def _retire(self, worker: _Worker) -> int:
         """Forget a worker whose output ended or whose time ran out, and end it; its exit
@@ -302,7 +275,7 @@ class WorkerPool:
 
 def _send(worker: _Worker, request: BuildRequest) -> bool:
     try:
-        build_child.write_frame(worker.proc.requests, request)
+        write_frame(worker.proc.requests, request)
     except OSError:
         return False
     return True

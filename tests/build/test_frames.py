@@ -1,15 +1,12 @@
-"""The frames between a worker and its parent, and a cell whose worker died (no library,
-no process)."""
+"""The frames between a worker and its parent (no library, no process)."""
 
 from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
+from matrix.build.frames import FrameBuffer, read_frame, write_frame
 from matrix.build.messages import BuildResult, ProgressEvent
-from matrix.build.worker import FrameBuffer, death, failed, read_frame, write_frame
-from tests.factories import build_request
 
 
 def frames() -> list[object]:
@@ -46,24 +43,3 @@ def test_frames_reassemble_from_any_chunking() -> None:
         for start in range(0, len(data), size):
             got += buffer.feed(data[start : start + size])
         assert got == frames(), size
-
-
-def test_a_dead_workers_cell_says_what_the_library_last_logged(tmp_path: Path) -> None:
-    request = build_request(tmp_path, tmp_path / "m.onnx", "m")
-    log = Path(request.log_path)
-    log.parent.mkdir(parents=True)
-    log.write_text("[11/25/2026-06:58:57] [TRT] [F] Assertion failed: tactic\n")
-    temp = Path(request.engine_path).with_name(".m.engine.tmp-99999")
-    temp.write_bytes(b"partial")
-    result = failed(request, 0.0, death(-6))
-    assert not result.ok
-    assert result.error == (
-        "worker died: signal 6 (SIGABRT); the library last logged: Assertion failed: tactic")
-    assert log.read_text().endswith("\nrtx-matrix: worker died: signal 6 (SIGABRT)\n")
-    assert not temp.exists()
-
-
-def test_a_dead_workers_cell_without_a_library_error_says_only_how_it_died(
-        tmp_path: Path) -> None:
-    request = build_request(tmp_path, tmp_path / "m.onnx", "m")
-    assert failed(request, 0.0, death(-9)).error == "worker died: signal 9 (SIGKILL)"
