@@ -2,13 +2,15 @@
 processes calling tensorrt_rtx directly, the same cells split between them.
 
     python bench/bench_workers.py [--cells 8] [--layers 220] [--jobs 1 2 4] [--repeat 1]
+                                  [--pools posix portable]
 
 Both sides are whole processes building the same cells (stacks of convolutions, no CC set,
 about 1 s each with the default layers): rtx-matrix with `--force -q` (planning, worker start,
 logs, fsyncs and lock writes all count), the bare side as N copies of bench_overhead.py's
 minimal script side by side, copy i building every N-th cell from the i-th: what the cores
 allow at best. Each row gives wall seconds (best of --repeat), the speed-up over the same
-side's -j1, and rtx-matrix over bare. Then a fresh pool's time to return one tiny cell.
+side's -j1, and rtx-matrix over bare, for each local pool (`--pools`, RTX_MATRIX_WORKERS),
+side by side in every repetition. Then a fresh pool's time to return one tiny cell.
 The numbers depend on what else runs on the machine: the load average is printed too.
 """
 
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=default_jobs(cores),
                         help=f"-j values (default: 1, 2, 4, ... up to the {cores} cores)")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--pools", nargs="+", choices=("posix", "portable"),
+                        default=["posix", "portable"], help="local pools to time, side by side")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     rows = []
@@ -98,24 +102,30 @@ def main() -> None:
         manifest, models = make_project(folder / "project", args.cells, args.layers)
         env = environment(folder)
         build = [sys.executable, "-m", "matrix", "build", "--force", "-q", str(manifest)]
-        timed_together([[*build, "-j1"]], env)  # warms the facts cache and the page cache
+        pooled = {pool: {**env, "RTX_MATRIX_WORKERS": pool} for pool in args.pools}
+        for pool_env in pooled.values():  # warms the facts cache and the page cache
+            timed_together([[*build, "-j1"]], pool_env)
         for jobs in args.jobs:
-            ours, bare = [], []
+            ours: dict[str, list[float]] = {pool: [] for pool in pooled}
+            bare = []
             for _ in range(args.repeat):
-                ours.append(timed_together([[*build, f"-j{jobs}"]], env))
+                for pool, pool_env in pooled.items():
+                    ours[pool].append(timed_together([[*build, f"-j{jobs}"]], pool_env))
                 bare.append(timed_together(bare_commands(models, folder, jobs), env))
-            rows.append((jobs, min(ours), min(bare)))
-        startup = pool_startup(folder, env)
+            rows.extend((pool, jobs, min(ours[pool]), min(bare)) for pool in pooled)
+        startup = {pool: pool_startup(folder, pool_env) for pool, pool_env in pooled.items()}
     print(f"cells: {args.cells} x slow_conv_stack(layers={args.layers}) on {cores} cores, "
           f"best of {args.repeat}")
-    print("   -j   rtx-matrix  speed-up   N bare processes  speed-up   rtx-matrix / bare")
-    ours1, bare1 = rows[0][1], rows[0][2]
-    for jobs, ours_s, bare_s in rows:
-        print(f"{jobs:5d} {ours_s:10.2f} s {ours1 / ours_s:8.2f}x {bare_s:16.2f} s "
+    print("pool       -j   rtx-matrix  speed-up   N bare processes  speed-up   rtx-matrix / bare")
+    first = {pool: (ours_s, bare_s) for pool, _, ours_s, bare_s in reversed(rows)}
+    for pool, jobs, ours_s, bare_s in rows:
+        ours1, bare1 = first[pool]
+        print(f"{pool:<8} {jobs:5d} {ours_s:10.2f} s {ours1 / ours_s:8.2f}x {bare_s:16.2f} s "
               f"{bare1 / bare_s:8.2f}x {ours_s / bare_s:15.2f}")
-    if rows[0][0] != 1:
+    if args.jobs[0] != 1:
         print("(speed-ups are over the first -j given, not over -j1)")
-    print(f"fresh pool + one tiny cell: {startup:.2f} s")
+    print("fresh pool + one tiny cell: "
+          + ", ".join(f"{pool} {seconds:.2f} s" for pool, seconds in startup.items()))
     print(f"load average after: {os.getloadavg()}")
 
 
