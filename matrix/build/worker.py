@@ -156,7 +156,9 @@ def _die_with_parent() -> None:
 
     Without this, a worker of a killed parent would finish its build unseen before it noticed
     its closed stdin. (The kernel ties this to the thread that started us; should that thread
-    end first, an idle worker dies and its pool starts a fresh one when it needs one.)
+    end first, an idle worker dies and its pool starts a fresh one when it needs one.) On
+    Windows the parent ties its workers to itself instead (`matrix.build.pools.windows_job`);
+    docs/platforms.md says what each platform covers.
     """
     if not sys.platform.startswith("linux"):
         return
