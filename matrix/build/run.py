@@ -31,8 +31,8 @@ from matrix.lockfile.stamps import state_dir
 if TYPE_CHECKING:
     from matrix.build.executor import CellTask, Outcome
     from matrix.build.pools import Pool
-    from matrix.build.progress import Display
     from matrix.build.pools.posix_child import Child
+    from matrix.build.progress import Display
     from matrix.engine_cache.use import CacheUse
     from matrix.lockfile.survey import Survey
     from matrix.lockfile.types import LockEntry

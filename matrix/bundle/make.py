@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from matrix import __version__
-from matrix.atomic import make_durable, write_atomic
+from matrix.atomic import make_durable, replace, write_atomic
 from matrix.errors import InputError, Problem, Stale
 from matrix.facts.types import ModelFacts
 from matrix.lockfile.freshness import check
@@ -281,7 +281,7 @@ def place(source: Path, target: Path, size: int, sha256: str, copy: bool = False
             raise InputError([Problem(
                 str(source), "not the file the lock recorded (its sha256 differs): rebuild it"
             )])
-        os.replace(temp, target)
+        replace(temp, target)  # waits a moment for a reader (Windows)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

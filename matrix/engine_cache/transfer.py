@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.atomic import fsync_folder
+from matrix.atomic import fsync_folder, replace
 from matrix.build.engine_header import HEADER_SIZE, describe_mask, read_header, version_tuple
 from matrix.build.temp_files import temp_path
 from matrix.engine_cache.store import EngineStore
@@ -149,7 +149,8 @@ class _Unnamed:
         self.fd = _open_unnamed(engine.parent)
         if self.fd < 0:
             self.named = temp_path(engine)
-            self.fd = os.open(self.named, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+            self.fd = os.open(self.named, flags, 0o666)  # O_BINARY: no newline translation
 
     def __enter__(self) -> _Unnamed:
         return self
@@ -161,7 +162,7 @@ class _Unnamed:
             with contextlib.suppress(FileNotFoundError):
                 self.named.unlink()  # a leftover of a killed run that had our pid
             _link(self.fd, self.named)
-        os.replace(self.named, self.engine)
+        replace(self.named, self.engine)  # waits a moment for a reader (Windows)
         self.named = None
         if durable_name:
             fsync_folder(self.engine.parent)
