@@ -302,7 +302,8 @@ def _write_engine(request: BuildRequest, blob: memoryview,
     # `_record`), while this worker already builds the next cell.
     try:
         # O_BINARY: on Windows a text-mode fd would turn every 0x0A byte into 0x0D 0x0A.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        fd = os.open(temp, flags, 0o666)
         try:
             sha256 = _write_hashed(fd, blob, written)
         finally:

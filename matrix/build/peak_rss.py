@@ -50,9 +50,9 @@ def _vm_hwm() -> int | None:
 
 
 def _max_rss() -> int | None:
-    try:
-        import resource
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no `resource` module there
         return None
+    import resource
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS counts bytes

@@ -171,7 +171,7 @@ def oom_run(
 
 
 def test_a_worker_killed_out_of_memory_is_retried_once_alone(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, monkeypatch: pytest.MonkeyPatch, local_pool_kind: str
 ) -> None:
     code, recorder, _ = oom_run(project, monkeypatch, times=1)
     assert code == 0
