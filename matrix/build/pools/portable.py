@@ -33,9 +33,9 @@ from matrix.build.frames import read_frame, write_frame
 from matrix.build.messages import BuildRequest, BuildResult
 from matrix.build.oom import oom_kills
 from matrix.build.pools import EventCallback, ignore
-from matrix.build.pools.in_flight import InFlight, timed_out, until_next_timeout
+from matrix.build.pools.in_flight import InFlight, expire, lost, take_frame, until_next_timeout
 from matrix.build.temp_files import remove_temp_files
-from matrix.build.worker import command, died, environment
+from matrix.build.worker import command, environment
 
 _JOIN_SECONDS = 5.0
 """How long to wait for a reader once its worker is dead (its output then ends at once)."""
@@ -217,31 +217,17 @@ class PortablePool:
         if worker is None or worker not in self._workers:
             return  # a wake-up, or news from a worker already retired
         if frame is None:  # its output ended: it died
-            code = self._retire(worker)
-            lost = worker.cell
-            if lost is not None:
-                yield died(lost.request, lost.since, code, lost.oom_kills)
+            yield from lost(worker, self._retire(worker))
             return
         kind, payload = frame
-        cell = worker.cell
-        if kind == "event":
-            if payload.kind == "start" and cell is not None:
-                cell.started = time.monotonic()
-            emit(payload)
-        else:
+        result = take_frame(worker.cell, kind, payload, emit)
+        if result is not None:
             with self._lock:
                 worker.cell = None  # the caller decides whether more cells start
-            yield payload
+            yield result
 
     def _expire(self) -> Iterator[BuildResult]:
-        if self.timeout is None:
-            return
-        now = time.monotonic()
-        for worker in list(self._workers):
-            cell = worker.cell
-            if cell is not None and cell.expired(self.timeout, now):
-                self._retire(worker)
-                yield timed_out(cell, self.timeout)
+        return expire(self._workers, self.timeout, self._retire)
 
     def _retire(self, worker: _Worker) -> int:
         """Forget a worker whose output ended or whose time ran out, and end it; its exit
