@@ -111,10 +111,11 @@ def oversized(needs: Mapping[str, int], budget: int | None) -> list[str]:
     return [cell for cell, need in needs.items() if need > budget]
 
 
-def oversized_warning(cell: str, need: int, budget: int) -> str:
+def oversized_warning(cell: str, need: int, budget: int,
+                      budget_name: str = "the budget") -> str:
     return (
-        f"warning: {cell} needs about {memory_text(need)} of memory, more than the budget of "
-        f"{memory_text(budget)}: it builds alone"
+        f"warning: {cell} needs about {memory_text(need)} of memory, more than "
+        f"{budget_name} of {memory_text(budget)}: it builds alone"
     )
 
 

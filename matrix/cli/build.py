@@ -58,7 +58,8 @@ def add_parser(subparsers: Any) -> None:
         type=_memory_size,
         metavar="SIZE",
         help="memory the builds may use at once (48GiB, 512MiB or bytes; default: the memory "
-        "available now less 10%%): a cell starts only when its expected peak fits",
+        "available now less 10%%): a cell starts only when its expected peak fits; "
+        "Dask workers state their own (--resources MEMORY=...)",
     )
     parser.add_argument(
         "-k", "--keep-going", action="store_true", help="go on building other cells after a failure"
@@ -222,6 +223,9 @@ def scheduler(args: argparse.Namespace) -> str | None:
         return None
     if not args.scheduler:
         raise UsageError("--executor dask needs --scheduler tcp://HOST:PORT")
+    if args.memory is not None:
+        raise UsageError("--memory is the local budget; a Dask worker states its own: "
+                         "dask worker SCHEDULER --resources MEMORY=48e9")
     return str(args.scheduler)
 
 

@@ -15,6 +15,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from matrix.build.engine_header import read_header  # noqa: E402
+from matrix.build.memory import GiB, MiB  # noqa: E402
 from matrix.build.messages import BuildRequest, BuildResult, ProgressEvent  # noqa: E402
 from matrix.build.pools.dask_cluster import NO_GPU_WORKER, DaskBackend  # noqa: E402
 from matrix.build.pools.posix import WorkerPool  # noqa: E402
@@ -245,20 +246,26 @@ def test_dask_build_writes_the_same_lock_entries_as_a_local_build(
 
 
 def test_cells_ask_for_their_expected_peak_as_the_memory_resource(
-    models: dict[str, Path], tmp_path: Path
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One worker with two threads and MEMORY for one cell: two cells build one after the
-    other; a cell needing more than any worker has asks for all of it, and still builds."""
+    other; a cell needing more than any worker has asks for all of it, and still builds,
+    with a warning."""
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=":0", resources={"MEMORY": 1000}) as one, \
+                                  dashboard_address=":0",
+                                  resources={"MEMORY": 1000 * MiB}) as one, \
             distributed.Client(one) as memory_client:
         cells = [
-            request(tmp_path, models["fp16"], "a", ccs=("sm86",), expected_peak_bytes=600),
-            request(tmp_path, models["fp16"], "b", ccs=("sm89",), expected_peak_bytes=600),
-            request(tmp_path, models["fp16"], "huge", expected_peak_bytes=5000),
+            request(tmp_path, models["fp16"], "a", ccs=("sm86",), expected_peak_bytes=600 * MiB),
+            request(tmp_path, models["fp16"], "b", ccs=("sm89",), expected_peak_bytes=600 * MiB),
+            request(tmp_path, models["fp16"], "huge", expected_peak_bytes=5 * GiB),
         ]
         with DaskBackend(memory_client, timeout=60) as backend:
             results, seen = run(backend, cells)
     assert all(result.ok for result in results.values()), results
     starts_and_ends = [line.split()[0] for line in seen if not line.startswith("result")]
     assert starts_and_ends == ["start", "end"] * 3  # never two building at once
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: huge needs about 5.0 GiB of memory, more than the largest Dask worker's "
+        "MEMORY of 1000 MiB: it builds alone"
+    ]

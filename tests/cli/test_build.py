@@ -560,3 +560,15 @@ def test_memory_takes_a_size_or_a_byte_count(text: str, size: int | None, capsys
         f"rtx-matrix build: error: argument --memory: not a memory size: '{text}' "
         "(try 48GiB, 512MiB)"
     )
+
+
+def test_memory_with_dask_is_refused_before_any_work(project: Project, capsys: Any) -> None:
+    """A cluster's budget is its workers' MEMORY resource, not the client's --memory."""
+    code = main(["build", str(project.manifest), "--executor", "dask", "--scheduler",
+                 "tcp://127.0.0.1:9", "--memory", "8GiB"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --memory is the local budget; a Dask worker states its own: "
+        "dask worker SCHEDULER --resources MEMORY=48e9"
+    ]
+    assert not project.lock.exists()

@@ -14,7 +14,8 @@ so the executor, progress display and lockfile are the same as local runs.
 - Memory: when the workers advertise a `MEMORY` resource (bytes: `--resources
   MEMORY=48e9`), each cell asks for its expected peak (`matrix.build.memory`), so a worker
   never starts more builds than its memory holds. A cell that needs more than the largest
-  worker has asks for all of it: it builds alone there.
+  worker has asks for all of it: it builds alone there, with a warning. (`build --memory`
+  is the local budget; a cluster's is its workers'.)
 - Output: when the workers see the output folder (a probe file written here and read there),
   they write engines and logs in place; otherwise they send the bytes back and the client
   writes them, atomically. Only the client writes the lock (the executor does that).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import queue
+import sys
 import tempfile
 import threading
 import uuid
@@ -152,9 +154,17 @@ class DaskBackend:
             return
         shared = self._is_shared(Path(request.engine_path).parent)
         key = f"rtx-matrix-{request.cell_id}-{uuid.uuid4().hex[:8]}"
+        resources = _resources(request, self._worker_resources())
+        asked = resources.get(MEMORY_RESOURCE)
+        if asked is not None and asked < request.expected_peak_bytes:
+            from matrix.build.memory import oversized_warning
+
+            print(oversized_warning(request.cell_id, request.expected_peak_bytes,
+                                    int(asked),
+                                    "the largest Dask worker's MEMORY"), file=sys.stderr)
         future = self._client.submit(
             run_cell, request, self.timeout, shared, self._topic, key=key,
-            resources=_resources(request, self._worker_resources()) or None, pure=False,
+            resources=resources or None, pure=False,
         )
         self._submitted[key] = _Submitted(request, future)
         future.add_done_callback(lambda _: self._inbox.put(("done", key)))
