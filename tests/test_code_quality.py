@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +18,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is in the test extras")
+@pytest.mark.skipif(importlib.util.find_spec("ruff") is None, reason="ruff is in the test extras")
 def test_ruff_is_clean() -> None:
     result = run_tool("ruff", "check", "matrix", "tests", "bench", "manifests")
     assert result.returncode == 0, result.stdout + result.stderr
