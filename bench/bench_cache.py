@@ -12,8 +12,10 @@ one run, each repeated and reported as best and median:
 - **hit path**: the cache's part of that warm run, in-process (look up every cell, download,
   check sha256, size and header, fsync, rename into place, lock and stamps), against
   copying the same engine files with `shutil.copyfile`. Target: at most 1.5x the copy.
-  Also shown: the same copy made durable (each file fsynced, as the lock's guarantees need
-  of a fetched engine too), and hashing the same bytes alone: no check can go below that.
+  Also shown: the same copy with each file fsynced (what fetching would cost if fetched
+  engines were fsynced as built ones are; they are not: `matrix.engine_cache.transfer`),
+  and hashing the same bytes alone: no check can go below that. With `--s3`, the same
+  against s3fs downloading the same objects (`get`, its own concurrency).
 - **no-op**: `rtx-matrix build` with everything up to date, with the cache set and with
   `--no-cache`. Target: the same time, fsspec never imported, the cache folder untouched.
 
@@ -139,14 +141,15 @@ def cache_snapshot(cache: Path) -> dict[str, int]:
 # --- the hit path, in-process --------------------------------------------------------------
 
 
-def hit_path(manifest: Path) -> float:
-    """`cache pull` minus the survey (planning is not the cache's): every engine fetched."""
+def hit_path(manifest: Path, url: str | None = None) -> float:
+    """`cache pull` minus the survey (planning is not the cache's): every engine fetched
+    (from `url`, else the manifest's cache)."""
     from matrix.build.run import BuildSettings, build
     from matrix.lockfile.survey import survey
     from matrix.manifest.types import CacheSpec
 
     state = survey(manifest)
-    spec = state.plan.manifest.cache
+    spec = CacheSpec(url, push=False) if url else state.plan.manifest.cache
     assert isinstance(spec, CacheSpec)
     settings = BuildSettings(cache=spec, fetch_only=True, quiet=True)
     started = time.perf_counter()
@@ -292,11 +295,26 @@ def s3_bench(origin: Path, clone: Path, base: Path, runs: int) -> None:
         s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
         url = "s3://bench/engines"
         rtx_matrix("cache", "push", str(origin / "rtx-matrix.yaml"), "--cache", url, env=env)
-        warm = []
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        objects = fs.find("bench/engines/v1/engines")
+        warm, hits, gets = [], [], []
         for _ in range(runs):
             cloned = fresh_clone(origin, clone)
             warm.append(timed("build", str(cloned), "-j2", "--cache", url, env=env))
+            cloned = fresh_clone(origin, clone)
+            hits.append(hit_path(cloned, url))
+            into = base / "s3-copy"
+            shutil.rmtree(into, ignore_errors=True)
+            into.mkdir()
+            started = time.perf_counter()
+            fs.get(objects, [str(into / Path(o).name) for o in objects])
+            gets.append(time.perf_counter() - started)
         print(summary("fresh clone, warm S3 cache    ", warm))
+        print(summary("hit path, S3                  ", hits))
+        print(summary("s3fs get of the same objects  ", gets))
+        print(f"  => hit path {min(hits) / min(gets):.2f}x the download (median "
+              f"{statistics.median(hits) / statistics.median(gets):.2f}x); target <= 1.5x: "
+              f"{'ok' if min(hits) / min(gets) <= 1.5 else 'MISSED'}")
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 LOOKUP_THREADS = 16
 """Lookups are one small GET each: latency, not bandwidth, so many at once."""
-FETCH_THREADS = 4
+FETCH_THREADS = 3
 PUSH_THREADS = 2
 NOT_IN_CACHE = "not in the cache"
 
@@ -232,7 +232,9 @@ class CacheSession:
         left: list[Found] = []
         pool = concurrent.futures.ThreadPoolExecutor(min(FETCH_THREADS, len(found)))
         try:
-            futures = {pool.submit(fetch.one, item): item for item in found}
+            # Largest first: the run ends when its last download does.
+            ordered = sorted(found, key=lambda item: item.wanted.size, reverse=True)
+            futures = {pool.submit(fetch.one, item): item for item in ordered}
             for future in futures:
                 future.add_done_callback(lambda done: fetch.messages.put(("done", done)))
             waiting = len(futures)
@@ -334,14 +336,13 @@ class _Fetch:
         session, cell_id = self.session, item.state.cell.id
         started = time.monotonic()
         self.messages.put(("event", ProgressEvent(cell_id, "start")))
-        # Where the lock names this very engine already, no lock write will name it anew.
+        # Where the lock names this very engine already, it stays in the lock meanwhile.
         named = self.book.entries.get(cell_id) is item.entry
         try:
             if session.broken:
                 raise CacheUnavailable("the cache is unavailable")
             download(session.store, item.wanted, item.state.engine, self._progress(item),
-                     self.cancel, None if named else self._leave_lock(cell_id),
-                     durable_name=not named)
+                     self.cancel, None if named else self._leave_lock(cell_id))
         except Rejected as error:
             return self._refused(cell_id, f"cache entry rejected: {error}")
         except CacheUnavailable as error:

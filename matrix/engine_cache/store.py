@@ -1,4 +1,5 @@
-"""The cache's layout on any fsspec filesystem, and the one place fsspec is imported.
+"""The cache's layout on any fsspec filesystem (a local folder: `matrix.engine_cache.folder`),
+and the one place fsspec is imported.
 
     v1/engines/<sha256>.engine     engine bytes, named by their sha256
     v1/records/<fingerprint>.json  the record of the engine last pushed for that key
@@ -71,7 +72,7 @@ class EngineStore:
         self.protocol = protocol(spec.url)
         self.fs, root = _open(spec.url, self.protocol, self.url)
         self.root = root.rstrip("/")
-        self.is_folder = _is_local(self.fs)
+        self.is_folder = self.protocol == "file"
         self.atomic_uploads = self.protocol in OBJECT_STORES
 
     # --- paths
@@ -215,12 +216,16 @@ def describe(error: BaseException) -> str:
 
 
 def _open(url: str, proto: str, shown: str) -> tuple[Any, str]:
+    if proto == "file":
+        from matrix.engine_cache.folder import Folder
+
+        return Folder(), url.removeprefix("file://")
     try:
         import fsspec
         from fsspec.registry import known_implementations
     except ImportError:
         raise CacheUnavailable("the engine cache needs fsspec: pip install fsspec") from None
-    if proto not in known_implementations and proto != "file":
+    if proto not in known_implementations:
         raise CacheUnavailable(f"cache {shown}: no fsspec backend for {proto}://")
     options: dict[str, Any] = {"skip_instance_cache": True}
     if proto in ("s3", "s3a") and "config_kwargs" not in fsspec.config.conf.get("s3", {}):
@@ -236,12 +241,6 @@ def _open(url: str, proto: str, shown: str) -> tuple[Any, str]:
     except Exception as error:
         raise CacheUnavailable(f"cache {shown}: {describe(error)}") from None
     return fs, str(root)
-
-
-def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 def _mtime(info: dict[str, Any]) -> float:

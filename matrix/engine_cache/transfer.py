@@ -2,9 +2,16 @@
 
 A download streams into a file with no name (Linux O_TMPFILE; a `.tmp-<pid>` sibling where
 the filesystem cannot), hashing as it goes. Only once its size, sha256 and engine header
-match what the cell needs is the file fsynced and renamed onto the engine path: a reader of
-the output folder never sees a partial or unchecked engine, and a download killed with -9
-leaves nothing behind (a named sibling at worst, which the next run removes).
+match what the cell needs is the file renamed onto the engine path: a reader of the output
+folder never sees a partial or unchecked engine, and a download killed with -9 leaves
+nothing behind (a named sibling at worst, which the next run removes).
+
+A fetched engine is not fsynced, unlike a built one: its bytes are in the cache, one fetch
+away, and waiting for the disk would cost the hit path more than the copy itself (bench/
+bench_cache.py). After a power cut, an engine the disk had not written yet comes back missing,
+empty or short on ext4, XFS and btrfs (none shows a file's new size before its data), so its
+stamp no longer matches and the next run fetches it again; `status --verify` hashes every
+engine wherever a filesystem promises less.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.atomic import fsync_folder, replace
+from matrix.atomic import replace
 from matrix.build.engine_header import HEADER_SIZE, describe_mask, read_header, version_tuple
 from matrix.build.temp_files import temp_path
 from matrix.engine_cache.store import EngineStore
@@ -58,16 +65,10 @@ def download(
     on_bytes: Progress | None = None,
     cancel: threading.Event | None = None,
     before_replace: Callable[[], None] | None = None,
-    durable_name: bool = True,
 ) -> None:
     """Fetch engine `wanted.sha256` onto `engine`, checked first; Rejected when it does not
     check out, CacheUnavailable when the store fails. `engine` None: check only.
-    `before_replace` runs once the engine checked out, just before it takes its name.
-
-    The bytes are always fsynced before the engine takes its name (the stamps will vouch
-    for them). The name itself is made durable only with `durable_name`, for an engine a
-    lock write is about to name: where the lock names it already, a name lost to a power
-    cut only means the engine is missing again."""
+    `before_replace` runs once the engine checked out, just before it takes its name."""
     if engine is None:
         with open(os.devnull, "wb") as sink:
             _receive(store, wanted, sink.fileno(), on_bytes, cancel)
@@ -77,7 +78,7 @@ def download(
         _receive(store, wanted, out.fd, on_bytes, cancel)
         if before_replace is not None:
             before_replace()
-        out.commit(durable_name)
+        out.commit()
 
 
 def _receive(
@@ -155,8 +156,7 @@ class _Unnamed:
     def __enter__(self) -> _Unnamed:
         return self
 
-    def commit(self, durable_name: bool) -> None:
-        os.fsync(self.fd)
+    def commit(self) -> None:
         if self.named is None:
             self.named = temp_path(self.engine)
             with contextlib.suppress(FileNotFoundError):
@@ -164,8 +164,6 @@ class _Unnamed:
             _link(self.fd, self.named)
         replace(self.named, self.engine)  # waits a moment for a reader (Windows)
         self.named = None
-        if durable_name:
-            fsync_folder(self.engine.parent)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)

@@ -99,9 +99,12 @@ class LockBook:
 
     def add(self, cell_id: str, entry: LockEntry, engine: Path) -> None:
         with self._mutex:
+            # The entry the lock has already (an engine fetched for a fresh clone): the text
+            # is the same, and making it to compare would cost more than the fetch.
+            same = self.entries.get(cell_id) == entry
             self.entries[cell_id] = entry
             self.stamps.record(engine, entry.sha256)
-            if time.monotonic() >= self._next_write:
+            if not same and time.monotonic() >= self._next_write:
                 self._write()
 
     def flush(self) -> None:
