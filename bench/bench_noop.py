@@ -3,6 +3,8 @@
 Generates N tiny real ONNX models × 10 targets (N × 10 cells), builds them all for real once
 (about 0.1 s per cell per core), then times complete `rtx-matrix build` processes that find
 nothing to do. Targets (issue 14): 1,000 cells in at most 0.1 s wall, 10,000 in at most 0.6 s.
+Two kinds of no-op are timed: the same no-op again, which replays the memo of the last one
+(`matrix.lockfile.noop_memo`), and the first no-op after a change, which plans.
 
     python bench/bench_noop.py                  # 100 models: 1,000 cells
     python bench/bench_noop.py --models 1000    # 10,000 cells (first build ~20 min on 2 cores)
@@ -53,6 +55,9 @@ def make_project(folder: Path, models: int) -> Path:
     return manifest
 
 
+PLANNING = "RTX_MATRIX_BENCH_RUN"
+
+
 def environment(code: Path, cache: Path) -> dict[str, str]:
     """Runs the rtx-matrix at `code` with caches in `cache`. As a user runs it: pip compiles
     the package's bytecode at install, and an editable install caches it on first use;
@@ -95,6 +100,9 @@ def main() -> None:
         shutil.rmtree(folder)
     manifest = make_project(folder, args.models)
     variants = {"this": environment(ROOT, folder / ".cache-this")}
+    # The first no-op after any change plans, and leaves the memo the next ones replay
+    # (`matrix.lockfile.noop_memo`): a new RTX_MATRIX_ variable each run makes each one first.
+    variants["this, planning"] = {**variants["this"], PLANNING: "0"}
     if args.baseline:
         variants = {"baseline": environment(args.baseline.resolve(), folder / ".cache-baseline"),
                     **variants}
@@ -109,8 +117,10 @@ def main() -> None:
         timed_noop(manifest, env)
         timed_noop(manifest, env)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.runs):
+    for run in range(args.runs):
         for name, env in variants.items():
+            if PLANNING in env:
+                env[PLANNING] = str(run + 1)
             times[name].append(timed_noop(manifest, env)[0])
     cells = args.models * 10
     print(f"{cells} cells up to date, {args.runs} runs of `rtx-matrix build` each, alternating; "

@@ -66,18 +66,28 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    console = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if console:
+        from matrix.lockfile import noop_memo
+
+        said = noop_memo.replay(argv)
+        if said is not None:
+            sys.stdout.write(said)
+            return 0
     head_start.start(argv)
     try:
-        return _run(argv)
+        return _run(argv, console)
     finally:
         head_start.discard(head_start.take())  # not adopted by a worker pool
 
 
-def _run(argv: Sequence[str]) -> int:
+def _run(argv: Sequence[str], console: bool = False) -> int:
     from matrix.errors import MatrixError
 
     args = parse(make_parser(argv), argv)
+    # A no-op started from the console is remembered (`matrix.lockfile.noop_memo`).
+    args.memo_argv = tuple(argv) if console else None
     try:
         code: int = args.run(args)
     except MatrixError as error:

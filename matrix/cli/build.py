@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         verbose=args.verbose,
     )
-    started = time.monotonic()
+    started, started_ns = time.monotonic(), time.time_ns()
     workers = start_workers_early(args)
     try:
         state = survey_for(args)
@@ -172,9 +172,13 @@ def run(args: argparse.Namespace) -> int:
         from matrix.build.run import build, needs_writing, start_workers
 
         if not needs_writing(state):
-            if not args.quiet:
-                print_noop(state)
+            said = "" if args.quiet else noop_text(state)
+            sys.stdout.write(said)
             state.stamps.save()
+            if getattr(args, "memo_argv", None):
+                from matrix.lockfile.noop_memo import remember
+
+                remember(args.memo_argv, state, said, started_ns)
             return 0
         settings = replace(settings, cache=cache_of(args, state.plan.manifest.cache))
         if workers is None and settings.cache is None:  # with a cache: once the hits are known
@@ -229,11 +233,11 @@ def scheduler(args: argparse.Namespace) -> str | None:
     return str(args.scheduler)
 
 
-def print_noop(state: Survey) -> None:
+def noop_text(state: Survey) -> str:
     fresh = len(state.freshness.up_to_date)
-    print(f"{fresh} cell{'' if fresh == 1 else 's'} up to date")
-    for skipped in state.skipped:
-        print(f"skipped {skipped.cell.id}: needs a GPU: {state.gpu_missing}")
+    lines = [f"{fresh} cell{'' if fresh == 1 else 's'} up to date"]
+    lines += [f"skipped {s.cell.id}: needs a GPU: {state.gpu_missing}" for s in state.skipped]
+    return "\n".join(lines) + "\n"
 
 
 def print_pending(state: Survey, out: TextIO) -> None:
