@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from matrix.engine_cache.session import NOT_IN_CACHE, CacheSession, Found
-from matrix.engine_cache.store import CacheUnavailable
-from matrix.engine_cache.transfer import Rejected, download
+from matrix.engine_cache.store import CacheUnavailable, Rejected
+from matrix.engine_cache.transfer import download
 from matrix.lockfile.freshness import CellState
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from matrix.engine_cache.store import CacheUnavailable, EngineStore, describe, is_sha256
-from matrix.engine_cache.transfer import Rejected, Wanted, download
+from matrix.engine_cache.store import CacheUnavailable, EngineStore, Rejected, describe, is_sha256
+from matrix.engine_cache.transfer import Wanted, download
 from matrix.lockfile.freshness import CellState, relative_posix
 from matrix.lockfile.types import Lock, LockEntry
 from matrix.manifest.types import CacheSpec
@@ -119,17 +119,22 @@ class CacheSession:
         lock_dir: Path,
         check_engines: bool = False,
         gpu: Gpu | None = None,
+        trust_lock: bool = False,
     ) -> list[Found | Missing]:
         """What the cache holds for each of `states`, in order. `check_engines` also asks
         the store whether each named engine is there with its size (`cache status`). `gpu`:
         this host's, which `current` cells' engines must have been built on (freshness
-        rebuilds them for another GPU, even of the same CC)."""
+        rebuilds them for another GPU, even of the same CC). `trust_lock` (a fetch): a cell
+        whose lock entry is for its very key is found without asking the store, which is
+        asked for that engine by the download itself: a fresh clone of a repository with a
+        committed lock costs one request per engine, not two."""
 
         def one(state: CellState) -> Found | Missing:
             if self.broken:
                 return Missing(state, "the cache is unavailable")
             try:
-                return self._lookup(plan, state, lock, lock_dir, check_engines, gpu)
+                return self._lookup(plan, state, lock, lock_dir, check_engines, gpu,
+                                    trust_lock)
             except CacheUnavailable as error:
                 self.give_up(error)
                 return Missing(state, "the cache is unavailable")
@@ -147,6 +152,7 @@ class CacheSession:
         lock_dir: Path,
         check_engines: bool,
         gpu: Gpu | None,
+        trust_lock: bool,
     ) -> Found | Missing:
         from matrix.plan.planner import expected_mask
 
@@ -159,6 +165,9 @@ class CacheSession:
                                    wanted_gpu not in (None, locked.gpu)):
             locked = None
         mask = expected_mask(state.cell)
+        if trust_lock and locked is not None:
+            wanted = self._wanted(locked.sha256, locked.size, mask, locked.header_mask)
+            return Found(state, wanted, locked, None)
         record, problem = self._record(key, mask)
         invalid = problem is not None
         if record is not None and wanted_gpu not in (None, record.entry.get("gpu")):
@@ -221,15 +230,15 @@ class CacheSession:
         book: LockBook,
         on_event: Callable[[ProgressEvent], None],
         on_fetched: Callable[[Fetched], None],
-    ) -> list[Found]:
+    ) -> list[Missing]:
         """Download every found engine into place and into the lock (`book`), a few at a
         time; progress and outcomes are reported in the calling thread, where Ctrl-C
-        cancels the downloads. Returns the cells that could not be fetched (each with a
-        warning)."""
+        cancels the downloads. Returns the cells that could not be fetched, and why (a
+        refused entry also with a warning)."""
         if not found:
             return []
         fetch = _Fetch(self, book)
-        left: list[Found] = []
+        left: list[Missing] = []
         pool = concurrent.futures.ThreadPoolExecutor(min(FETCH_THREADS, len(found)))
         try:
             # Largest first: the run ends when its last download does.
@@ -248,8 +257,8 @@ class CacheSession:
                     continue
                 waiting -= 1
                 fetched = payload.result()
-                if fetched is None:
-                    left.append(futures[payload])
+                if isinstance(fetched, Missing):
+                    left.append(fetched)
                     continue
                 book.add(fetched.cell_id, fetched.entry, fetched.engine)
                 on_fetched(fetched)
@@ -329,8 +338,8 @@ class _Fetch:
         """("event", ProgressEvent) and ("done", future), for the calling thread."""
         self.cancel = threading.Event()
 
-    def one(self, item: Found) -> Fetched | None:
-        """Fetch one engine; None (after a warning) when it cannot be used."""
+    def one(self, item: Found) -> Fetched | Missing:
+        """Fetch one engine, or say why not (a refused entry after a warning)."""
         from matrix.build.messages import ProgressEvent
 
         session, cell_id = self.session, item.state.cell.id
@@ -344,16 +353,18 @@ class _Fetch:
             download(session.store, item.wanted, item.state.engine, self._progress(item),
                      self.cancel, None if named else self._leave_lock(cell_id))
         except Rejected as error:
-            return self._refused(cell_id, f"cache entry rejected: {error}")
+            return self._refused(item, f"cache entry rejected: {error}")
         except CacheUnavailable as error:
             session.give_up(error)
-            return None
+            return Missing(item.state, "the cache is unavailable")
         except FileNotFoundError:
-            return self._refused(cell_id, "cache entry rejected: its record names an engine "
-                                          "the cache does not have")
+            if item.record is None:  # the engine the lock names: the cache does not have it
+                return Missing(item.state, NOT_IN_CACHE)
+            return self._refused(item, "cache entry rejected: its record names an engine "
+                                       "the cache does not have")
         except OSError as error:
-            return self._refused(cell_id, f"cannot write the engine from the cache: "
-                                          f"{describe(error)}")
+            return self._refused(item, f"cannot write the engine from the cache: "
+                                       f"{describe(error)}")
         finally:
             self.messages.put(("event", ProgressEvent(cell_id, "end")))
         write_log(item, session.store.url)
@@ -374,9 +385,9 @@ class _Fetch:
         its engine file is replaced, as a build's does."""
         return lambda: self.book.drop([cell_id])
 
-    def _refused(self, cell_id: str, why: str) -> Fetched | None:
-        self.session.warn(f"{cell_id}: {why}")
-        return None
+    def _refused(self, item: Found, why: str) -> Missing:
+        self.session.warn(f"{item.state.cell.id}: {why}")
+        return Missing(item.state, "its cache entry was refused", invalid=True)
 
 
 def fetched_entry(plan: Plan, state: CellState, record: Record, lock_dir: Path,

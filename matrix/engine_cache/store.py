@@ -24,7 +24,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -51,6 +51,14 @@ second or two, not minutes."""
 
 class CacheUnavailable(Exception):
     """The store cannot be used (unreachable, refused, misconfigured); one line saying why."""
+
+
+class Rejected(Exception):
+    """A cache entry that must not be used; the message says why, in one line."""
+
+
+class Cancelled(Exception):
+    """The run was interrupted while a download went on."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,19 @@ class EngineStore:
         with self._talking(), self.fs.open(self.engine_path(sha256), "rb",
                                            block_size=block_size) as handle:
             yield _Guarded(handle, self)
+
+    def get_engine(self, sha256: str, local_path: str, on_bytes: Callable[[int], None]) -> None:
+        """Download engine `sha256` to `local_path` as the backend downloads a file (one
+        streamed request where it can); `on_bytes` is told the bytes received so far and
+        may raise to stop it."""
+        from fsspec.callbacks import Callback
+
+        class Told(Callback):  # type: ignore[misc]
+            def call(self, *args: Any, **kwargs: Any) -> None:
+                on_bytes(int(self.value))
+
+        with self._talking():
+            self.fs.get_file(self.engine_path(sha256), local_path, callback=Told())
 
     def read(self, path: str) -> bytes:
         with self._talking():
@@ -176,7 +197,7 @@ class EngineStore:
         """Store errors as CacheUnavailable, one line; a missing object stays itself."""
         try:
             yield
-        except (FileNotFoundError, CacheUnavailable):
+        except (FileNotFoundError, CacheUnavailable, Cancelled, Rejected):
             raise
         except Exception as error:
             raise CacheUnavailable(f"cache {self.url}: {describe(error)}") from error

@@ -28,19 +28,11 @@ from pathlib import Path
 from matrix.atomic import replace
 from matrix.build.engine_header import HEADER_SIZE, describe_mask, read_header, version_tuple
 from matrix.build.temp_files import temp_path
-from matrix.engine_cache.store import EngineStore
+from matrix.engine_cache.store import Cancelled, EngineStore, Reader, Rejected
 
 CHUNK = 4 << 20
 """Bytes per read: large enough that hashing and writing, not calls, take the time."""
 PROGRESS_INTERVAL = 0.1
-
-
-class Rejected(Exception):
-    """A cache entry that must not be used; the message says why, in one line."""
-
-
-class Cancelled(Exception):
-    """The run was interrupted while this download went on."""
 
 
 @dataclass(frozen=True)
@@ -68,47 +60,93 @@ def download(
 ) -> None:
     """Fetch engine `wanted.sha256` onto `engine`, checked first; Rejected when it does not
     check out, CacheUnavailable when the store fails. `engine` None: check only.
-    `before_replace` runs once the engine checked out, just before it takes its name."""
+    `before_replace` runs once the engine checked out, just before it takes its name.
+
+    From a folder, the bytes are hashed as they are copied. From any other store, they come
+    in one streamed request (`EngineStore.get_engine`, as the backend's own download would)
+    to a named sibling, then are read back once to be checked: reading a remote file through
+    `open` costs a request per block."""
     if engine is None:
-        with open(os.devnull, "wb") as sink:
-            _receive(store, wanted, sink.fileno(), on_bytes, cancel)
+        with open(os.devnull, "wb") as sink, store.open_engine(wanted.sha256, CHUNK) as source:
+            _receive(source, wanted, sink.fileno(), on_bytes, cancel)
         return
     engine.parent.mkdir(parents=True, exist_ok=True)
-    with _Unnamed(engine) as out:
-        _receive(store, wanted, out.fd, on_bytes, cancel)
+    if not store.is_folder:
+        _download_remote(store, wanted, engine, on_bytes, cancel, before_replace)
+        return
+    with _Unnamed(engine) as out, store.open_engine(wanted.sha256, CHUNK) as source:
+        _receive(source, wanted, out.fd, on_bytes, cancel)
         if before_replace is not None:
             before_replace()
         out.commit()
 
 
-def _receive(
+def _download_remote(
     store: EngineStore,
     wanted: Wanted,
-    fd: int,
+    engine: Path,
+    on_bytes: Progress | None,
+    cancel: threading.Event | None,
+    before_replace: Callable[[], None] | None,
+) -> None:
+    named = temp_path(engine)
+    reported = 0.0
+
+    def progress(done: int) -> None:
+        nonlocal reported
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        if done > wanted.size:
+            raise Rejected(f"the engine is longer than the {wanted.size} bytes recorded")
+        now = time.monotonic()
+        if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
+            on_bytes(done)
+            reported = now
+
+    try:
+        store.get_engine(wanted.sha256, str(named), progress)
+        with open(named, "rb", buffering=0) as source:
+            _receive(source, wanted, None, None, cancel)
+        if on_bytes is not None:
+            on_bytes(wanted.size)
+        if before_replace is not None:
+            before_replace()
+        replace(named, engine)  # waits a moment for a reader (Windows)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            named.unlink()
+
+
+def _receive(
+    source: Reader,
+    wanted: Wanted,
+    fd: int | None,
     on_bytes: Progress | None,
     cancel: threading.Event | None,
 ) -> None:
+    """Read `source` to its end, checking it against `wanted` and writing it to `fd` (None:
+    only check)."""
     digest = hashlib.sha256()
     head = b""
     done = 0
     reported = 0.0
     buffer = memoryview(bytearray(CHUNK))  # reused: a fresh 4 MiB object per read costs more
-    with store.open_engine(wanted.sha256, CHUNK) as source:
-        while count := source.readinto(buffer):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled
-            done += count
-            if done > wanted.size:
-                raise Rejected(f"the engine is longer than the {wanted.size} bytes recorded")
-            chunk = buffer[:count]
-            if len(head) < HEADER_SIZE:
-                head += bytes(chunk[: HEADER_SIZE - len(head)])
-            digest.update(chunk)
+    while count := source.readinto(buffer):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        done += count
+        if done > wanted.size:
+            raise Rejected(f"the engine is longer than the {wanted.size} bytes recorded")
+        chunk = buffer[:count]
+        if len(head) < HEADER_SIZE:
+            head += bytes(chunk[: HEADER_SIZE - len(head)])
+        digest.update(chunk)
+        if fd is not None:
             _write_all(fd, chunk)
-            now = time.monotonic()
-            if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
-                on_bytes(done)
-                reported = now
+        now = time.monotonic()
+        if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
+            on_bytes(done)
+            reported = now
     if done != wanted.size:
         raise Rejected(f"the engine has {done} bytes, {wanted.size} recorded (truncated?)")
     if digest.hexdigest() != wanted.sha256:

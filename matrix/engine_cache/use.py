@@ -50,7 +50,8 @@ class CacheUse:
             return cls(None, fetch_only=fetch_only)
         use = cls(session, fetch_only=fetch_only)
         lock_dir = state.lock_path.parent.resolve()
-        for result in session.lookup(state.plan, wanted, state.lock, lock_dir, gpu=state.gpu):
+        for result in session.lookup(state.plan, wanted, state.lock, lock_dir, gpu=state.gpu,
+                                     trust_lock=True):
             cell_id = result.state.cell.id
             if isinstance(result, Found):
                 use.found[cell_id] = result
@@ -59,8 +60,10 @@ class CacheUse:
             if result.invalid:
                 display.warn(f"{cell_id}: cache entry rejected: {result.reason}")
         if wanted and not session.broken:
+            # "found" would promise too much: an engine the lock names is asked for only
+            # by its download (`trust_lock`).
             display.note(f"cache {session.store.url}: {len(use.found)} of {len(wanted)} "
-                         "stale cells found")
+                         "stale cells to fetch")
         return use
 
     def extra_cells(self, state: Survey) -> tuple[str, ...]:
@@ -71,7 +74,7 @@ class CacheUse:
         self, state: Survey, book: LockBook, display: Display
     ) -> tuple[list[Outcome], list[CellState]]:
         """Fetch every found cell: their outcomes, and the buildable cells the cache could
-        not serve after all (each with a warning), to be built."""
+        not serve after all (a refused entry with a warning), to be built."""
         from matrix.build.executor import Outcome, Status
 
         if self.session is None or not self.found:
@@ -85,12 +88,12 @@ class CacheUse:
 
         left = self.session.fetch(list(self.found.values()), book, display.event, fetched)
         refused = []
-        for item in left:
-            cell_id = item.state.cell.id
+        for missing in left:
+            cell_id = missing.state.cell.id
             del self.found[cell_id]
-            self.misses[cell_id] = "its cache entry was refused"
-            if state.buildable_here(item.state):
-                refused.append(item.state)
+            self.misses[cell_id] = missing.reason
+            if state.buildable_here(missing.state):
+                refused.append(missing.state)
         return outcomes, refused
 
     def on_built(self) -> Callable[[LockEntry, Path], None] | None:

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -490,3 +491,31 @@ def test_a_fetched_engine_lost_to_a_power_cut_is_fetched_again(
     out = capsys.readouterr().out
     assert fetched(out) == ["a@sm89"] and built(out) == []
     assert sha256(clone.engine("a@sm89")) == sha256(project.engine("a@sm89"))
+
+
+def test_a_fresh_clone_asks_only_for_the_engines_its_lock_names(
+    project: Project, tmp_path: Path, capsys: Any
+) -> None:
+    """The committed lock names each engine by sha256: no record is read before the
+    download (here, reading one would fail the cache), and an engine the cache lacks is a
+    plain miss (built, no warning)."""
+    cache = tmp_path / "cache"
+    project.write({"url": str(cache)})
+    assert project.run("build", "-j2") == 0
+    lock = read_lock(project.lock)
+    assert lock is not None
+    records = cache / "v1" / "records"
+    shutil.rmtree(records)
+    records.write_text("not a folder: reading a record here is an error, not a miss")
+    (cache / "v1" / "engines" / f"{lock.engines['b@sm86'].sha256}.engine").unlink()
+    capsys.readouterr()
+
+    clone = project.clone(tmp_path / "clone")
+    assert clone.run("build", "-j2", "--no-push") == 0  # (a push would write a record)
+    out, err = capsys.readouterr()
+    assert fetched(out) == ["a@sm86", "a@sm89"] and built(out) == ["b@sm86"]
+    assert err == ""
+    pulled = read_lock(clone.lock)
+    assert pulled is not None
+    assert {c: pulled.engines[c] for c in ("a@sm86", "a@sm89")} == \
+        {c: lock.engines[c] for c in ("a@sm86", "a@sm89")}
