@@ -13,7 +13,7 @@ from typing import Any
 
 from matrix.facts.types import ModelFacts
 from matrix.lockfile.types import PlanIdentity
-from matrix.manifest.types import BuilderOptions
+from matrix.manifest.types import BuilderOptions, Model
 from matrix.plan.types import Cell, Plan
 
 FORMAT = 1
@@ -35,29 +35,47 @@ def fingerprint(
     resolved_targets: Iterable[str],
     options: BuilderOptions | None = None,
 ) -> str:
-    """sha256 of the canonical JSON of what decides the engine bytes.
+    """sha256 of the canonical JSON of what decides the engine bytes: `digest_of` these
+    inputs, sorted by key, written out here part by part so that a model's options, shared
+    by all its cells, are encoded once rather than for each of 10,000 cells.
+
+        {"format", "gpu_build", "model", "options", "targets", "tensorrt_rtx", "weightless"}
 
     A weightless engine holds no weights (they come back at refit), so only the graph digest
     counts for it: a weights-only change leaves it valid. `options` overrides the model's
     builder options when the caller merged them with the manifest's itself.
     """
-    recorded = build_options(cell)
-    if options is not None:
-        recorded["builder"] = options.as_dict()
-    inputs = {
-        "format": FORMAT,
-        "model": facts.graph_digest if cell.weightless else facts.digest,
-        "targets": list(resolved_targets),
-        "gpu_build": cell.target.current,
-        "weightless": cell.weightless,
-        "options": recorded,
-        "tensorrt_rtx": tensorrt_rtx_version,
-    }
-    return digest_of(inputs)
+    if options is None:
+        recorded = _options_json(cell)
+    else:
+        recorded = _CANONICAL.encode({**build_options(cell), "builder": options.as_dict()})
+    encode = _CANONICAL.encode
+    text = (
+        f'{{"format":{FORMAT},"gpu_build":{encode(cell.target.current)},'
+        f'"model":{encode(facts.graph_digest if cell.weightless else facts.digest)},'
+        f'"options":{recorded},"targets":{encode(list(resolved_targets))},'
+        f'"tensorrt_rtx":{encode(tensorrt_rtx_version)},"weightless":{encode(cell.weightless)}}}'
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 """`json.dumps` with these arguments, without making an encoder for each of 10,000 cells."""
+
+_OPTIONS: dict[int, tuple[Model, str]] = {}
+"""Each model's encoded options, by the id of the model object its cells share (held here,
+so that the id cannot be reused while the entry lives)."""
+
+
+def _options_json(cell: Cell) -> str:
+    held = _OPTIONS.get(id(cell.model))
+    if held is not None and held[0] is cell.model:
+        return held[1]
+    if len(_OPTIONS) >= 4096:
+        _OPTIONS.clear()
+    encoded = _CANONICAL.encode(build_options(cell))
+    _OPTIONS[id(cell.model)] = (cell.model, encoded)
+    return encoded
 
 
 def digest_of(value: Any) -> str:

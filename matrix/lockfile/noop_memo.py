@@ -25,19 +25,20 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, NamedTuple
 
 from matrix import pickle_cache
-from matrix.file_stat import FileStat, file_stat, is_racy
+from matrix.file_stat import file_stat, is_racy
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from matrix.lockfile.survey import Survey
 
-FORMAT = 1
+FORMAT = 2
 KEEP = 50
 """Entries kept, one per working folder and command line."""
 ENV_PREFIX = "RTX_MATRIX_"
 
-Files = tuple[tuple[str, FileStat], ...]
+Stat = tuple[int, int, int]
+"""A `FileStat` as a plain tuple (equal to it): 10,000 of them pickle five times faster."""
 
 
 class Key(NamedTuple):
@@ -48,7 +49,8 @@ class Key(NamedTuple):
     python: tuple[str, ...]
     """The interpreter and its module search path: where TensorRT-RTX is found."""
     code: pickle_cache.CodeStats
-    files: Files
+    files: tuple[str, ...]
+    stats: tuple[Stat, ...]
 
 
 def eligible(argv: Sequence[str]) -> bool:
@@ -63,13 +65,13 @@ def replay(argv: Sequence[str]) -> str | None:
     code = pickle_cache.code_as_imported()
     if code is None:
         return None
-    wanted = _key(argv, code, ())
+    wanted = _key(argv, code, (), ())
 
     def holds(key: object) -> bool:
         return (
-            isinstance(key, tuple)
-            and key[:-1] == wanted[:-1]
-            and all(file_stat(path) == stat for path, stat in key[-1])
+            isinstance(key, Key)
+            and key[:-2] == wanted[:-2]
+            and all(file_stat(p) == stat for p, stat in zip(key.files, key.stats, strict=True))
         )
 
     said = pickle_cache.load(_entry(wanted), holds)
@@ -84,29 +86,40 @@ def remember(argv: Sequence[str], state: Survey, said: str, started_ns: int) -> 
     plan = state.plan
     if any(cell.needs_gpu for cell in plan.cells):
         return
-    paths = [str(plan.manifest.path), str(state.lock_path)]
-    for facts in plan.facts.values():
-        folder = os.path.dirname(facts.path)
-        paths += [facts.path, *(os.path.join(folder, name) for name in facts.external_files)]
-    paths += [cell.engine_file for cell in state.freshness.up_to_date]
     library = _library_folder()
     if library is None:
         return
-    paths.append(library)
-    files = []
+    paths = [str(plan.manifest.path), str(state.lock_path), library]
+    for facts in plan.facts.values():
+        folder = os.path.dirname(facts.path)
+        paths += [facts.path, *(os.path.join(folder, name) for name in facts.external_files)]
+    stats: list[Stat] = []
     for path in paths:
         stat = file_stat(path)
         if stat is None or is_racy(stat, started_ns):
             return
-        files.append((path, stat))
-    key = _key(argv, code, tuple(files))
+        stats.append((stat.size, stat.mtime_ns, stat.ino))
+    # Each engine's stat as its stamp holds it, which this run found it still has: no
+    # second stat. Engines, like stamps, skip the racy rule: this run checked them itself.
+    engines = [cell.engine_file for cell in state.freshness.up_to_date]
+    for engine in engines:
+        recorded = state.stamps.recorded_stat(engine)
+        if recorded is None:
+            return
+        stats.append(recorded)
+    key = _key(argv, code, (*paths, *engines), tuple(stats))
     pickle_cache.store(_entry(key), key, said, KEEP)
 
 
-def _key(argv: Sequence[str], code: pickle_cache.CodeStats, files: Files) -> Key:
+def _key(
+    argv: Sequence[str],
+    code: pickle_cache.CodeStats,
+    files: tuple[str, ...],
+    stats: tuple[Stat, ...],
+) -> Key:
     environ = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
     python = (sys.executable, *sys.path)
-    return Key(FORMAT, tuple(argv), os.getcwd(), environ, python, code, files)
+    return Key(FORMAT, tuple(argv), os.getcwd(), environ, python, code, files, stats)
 
 
 def _entry(key: Key) -> Path:

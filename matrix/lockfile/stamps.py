@@ -69,6 +69,14 @@ class Stamps:
             return None
         return known if known.stat == (stat or file_stat(path)) else None
 
+    def recorded_stat(self, path: Path | str) -> tuple[int, int, int] | None:
+        """The stat its stamp holds, (size, mtime_ns, ino) as a `FileStat` compares; no
+        objects made (the no-op memo takes 10,000 of them)."""
+        raw = self._raw.get(str(path))
+        if type(raw) is not list or len(raw) != 4:
+            return None
+        return raw[0], raw[1], raw[3]
+
     def matches(self, path: Path | str, size: int, sha256: str) -> bool:
         """Whether the file at `path` has a stamp with this size and sha256 and still has its
         stat."""

@@ -111,3 +111,24 @@ def test_the_family_decides_no_engine_bytes() -> None:
     assert fingerprint(cell(family="other"), FACTS, "1.7.1.116", ("sm86",)) == fingerprint(
         cell(), FACTS, "1.7.1.116", ("sm86",)
     )
+
+
+@pytest.mark.parametrize("weightless", [False, True])
+def test_written_out_part_by_part_it_is_the_digest_of_the_inputs(weightless: bool) -> None:
+    """`fingerprint` writes its canonical JSON itself, for speed: the same bytes as
+    `digest_of` the inputs, with the model's options or options given by the caller."""
+    from matrix.lockfile.fingerprint import FORMAT, build_options, digest_of
+
+    c = cell(weightless=weightless, builder=BuilderOptions(optimization_level=2))
+    given = BuilderOptions(optimization_level=5)
+    for options in (None, given):
+        recorded = build_options(c)
+        if options is not None:
+            recorded["builder"] = options.as_dict()
+        inputs = {
+            "format": FORMAT, "targets": ["sm86", "newer"], "gpu_build": False,
+            "model": FACTS.graph_digest if weightless else FACTS.digest,
+            "weightless": weightless, "options": recorded, "tensorrt_rtx": "1.7.1.116",
+        }
+        assert fingerprint(c, FACTS, "1.7.1.116", ("sm86", "newer"), options) == \
+            digest_of(inputs)
