@@ -15,7 +15,8 @@ one run, each repeated and reported as best and median:
   Also shown: the same copy with each file fsynced (what fetching would cost if fetched
   engines were fsynced as built ones are; they are not: `matrix.engine_cache.transfer`),
   and hashing the same bytes alone: no check can go below that. With `--s3`, the same
-  against s3fs downloading the same objects (`get`, its own concurrency).
+  against s3fs downloading the same objects (`get`, its own concurrency), each side with a
+  client of its own made in the timed part.
 - **no-op**: `rtx-matrix build` with everything up to date, with the cache set and with
   `--no-cache`. Target: the same time, fsspec never imported, the cache folder untouched.
 
@@ -306,8 +307,9 @@ def s3_bench(origin: Path, clone: Path, base: Path, runs: int) -> None:
             into = base / "s3-copy"
             shutil.rmtree(into, ignore_errors=True)
             into.mkdir()
-            started = time.perf_counter()
-            fs.get(objects, [str(into / Path(o).name) for o in objects])
+            started = time.perf_counter()  # a new client each time, as the hit path's
+            s3fs.S3FileSystem(skip_instance_cache=True).get(
+                objects, [str(into / Path(o).name) for o in objects])
             gets.append(time.perf_counter() - started)
         print(summary("fresh clone, warm S3 cache    ", warm))
         print(summary("hit path, S3                  ", hits))
