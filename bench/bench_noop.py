@@ -120,7 +120,7 @@ def main() -> None:
     for run in range(args.runs):
         for name, env in variants.items():
             if PLANNING in env:
-                env[PLANNING] = str(run + 1)
+                env[PLANNING] = f"{os.getpid()}-{run}"  # never a memo of an earlier run
             times[name].append(timed_noop(manifest, env)[0])
     cells = args.models * 10
     print(f"{cells} cells up to date, {args.runs} runs of `rtx-matrix build` each, alternating; "
