@@ -155,7 +155,6 @@ def build_stale(
     from matrix.build.progress import Batch, make_display
     from matrix.build.temp_files import remove_stale_temp_files
     from matrix.lockfile.book import LockBook, lock_header
-    from matrix.lockfile.io import lock_to_json
 
     plan, lock = state.plan, state.lock
     header = lock_header(
@@ -166,8 +165,7 @@ def build_stale(
         known=state.freshness.planned_fingerprints(),
     )
     entries = dict(lock.engines) if lock else {}
-    on_disk = lock_to_json(lock) if lock else None
-    book = LockBook(state.lock_path, header, entries, state.stamps, on_disk)
+    book = LockBook(state.lock_path, header, entries, state.stamps, lock)
     remove_stale_temp_files(make_request(s) for s in state.freshness.stale)
     peaks = expected_peaks(state, entries)
     budget = memory_budget(settings)

@@ -48,12 +48,12 @@ def test_lock_book_writes_every_cell_then_backs_off(
 
 def test_lock_book_leaves_an_unchanged_lock_alone(tmp_path: Path) -> None:
     lock = tmp_path / "m.lock"
-    from matrix.lockfile.io import lock_to_json, write_lock
+    from matrix.lockfile.io import write_lock
 
     existing = Lock(**{**header().__dict__, "engines": MappingProxyType({"a@sm86": entry("a")})})
     write_lock(lock, existing)
     before = lock.stat().st_mtime_ns
-    book = LockBook(lock, header(), existing.engines, Stamps.load(tmp_path), lock_to_json(existing))
+    book = LockBook(lock, header(), existing.engines, Stamps.load(tmp_path), existing)
     book.flush()
     assert lock.stat().st_mtime_ns == before
 
