@@ -130,7 +130,7 @@ def _receive(
     head = b""
     done = 0
     reported = 0.0
-    buffer = memoryview(bytearray(CHUNK))  # reused: a fresh 4 MiB object per read costs more
+    buffer = _buffer()
     while count := source.readinto(buffer):
         if cancel is not None and cancel.is_set():
             raise Cancelled
@@ -155,6 +155,18 @@ def _receive(
     check_header(head, wanted)
     if on_bytes is not None:
         on_bytes(done)
+
+
+_BUFFERS = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer: making and zeroing 4 MiB costs a small engine's whole
+    download, so each download thread makes one."""
+    buffer: memoryview | None = getattr(_BUFFERS, "buffer", None)
+    if buffer is None:
+        buffer = _BUFFERS.buffer = memoryview(bytearray(CHUNK))
+    return buffer
 
 
 def check_header(head: bytes, wanted: Wanted) -> None:
