@@ -27,6 +27,7 @@ one run, each repeated and reported as best and median:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -113,14 +114,22 @@ def _ocr_entries(models: Path, folder: Path) -> str:
     return "".join(entries) + "\n"
 
 
+_CLONES = itertools.count()
+
+
 def fresh_clone(origin: Path, into: Path) -> Path:
-    if into.exists():
-        shutil.rmtree(into)
-    into.mkdir(parents=True)
+    """A clone as CI makes one: a folder never seen before (`into` with a new number), so
+    no cache keyed by path can serve it. The previous clone is removed only after the new
+    one is made, so no file can get a removed file's inode and pass for it."""
+    folder = into.with_name(f"{into.name}-{next(_CLONES)}")
+    folder.mkdir(parents=True)
     for name in ("rtx-matrix.yaml", "rtx-matrix.lock"):
-        shutil.copy2(origin / name, into / name)
-    shutil.copytree(origin / "models", into / "models")
-    return into / "rtx-matrix.yaml"
+        shutil.copy2(origin / name, folder / name)
+    shutil.copytree(origin / "models", folder / "models")
+    for old in into.parent.glob(f"{into.name}-*"):
+        if old != folder:
+            shutil.rmtree(old)
+    return folder / "rtx-matrix.yaml"
 
 
 def timed(*args: str, env: dict[str, str] | None = None) -> float:

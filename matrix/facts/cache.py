@@ -1,8 +1,15 @@
-"""ModelFacts cached on disk, keyed by the `FileStat` of the model and its external data.
+"""ModelFacts cached on disk, keyed by the `FileStat` of the model and its external data,
+and by the model's content.
 
 A no-op `build` reads facts for every model: this module must stay cheap to import and
 to hit (no `onnx` import, one small JSON file per model, a few `stat` calls). An entry whose
 stats are racy (`matrix.file_stat`) is checked by content digest until they age.
+
+A model with no entry for its path (a fresh clone, another worktree, a CI checkout) is
+looked up by content before it is inspected: `by-content/<sha256 of the ONNX file>.json`
+holds the facts of those bytes, used once the model's digest (with its external data) is
+checked to be theirs. Inspecting costs a second per model and more (ONNX parsing, shape
+inference, the library's own parser in a child process); hashing it, milliseconds.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from matrix.atomic import write_atomic
+from matrix.atomic import sha256_file, write_atomic
 from matrix.cache_dir import cache_dir
 from matrix.facts.onnx_inspect import content_digest, inspect_model
 from matrix.facts.types import ModelFacts, NodeFinding, ParserCheck, ParserError, TensorInfo
@@ -24,6 +31,7 @@ from matrix.file_stat import FileStat, file_stat, is_racy
 
 CACHE_VERSION = 4
 """Bump when `inspect_model` learns something new, so old entries are re-inspected."""
+BY_CONTENT = "by-content"
 
 Stats = dict[str, FileStat]
 """The model's ("") and each external-data file's (by its name) stat."""
@@ -34,28 +42,44 @@ class FactsCache:
         self.directory = directory if directory is not None else cache_dir()
 
     def get(self, path: Path) -> ModelFacts:
-        """Facts of the model at `path`: cached when its files are unchanged, else inspected.
+        """Facts of the model at `path`: cached when its files are unchanged or their bytes
+        known, else inspected.
 
         Raises `matrix.facts.onnx_inspect.ModelFileError` when the model cannot be used.
         """
         path = Path(os.path.abspath(path))
-        entry_file = self.entry_path(path)
-        cached = _cached(entry_file, path)
-        if cached is not None:
-            return cached
-        read_at = time.time_ns()
-        before = _stats(path, ())
+        known = self._known(path)
+        if known is not None:
+            return known
+        read_at, before = time.time_ns(), _stats(path, ())
         facts = inspect_model(path)
-        after = _stats(path, facts.external_files)
-        # A model rewritten while we read it must not be cached under its new stat.
-        if after is not None and before is not None and before[""] == after[""]:
-            _store_entry(entry_file, _entry(path, after, facts, read_at))
+        if self._keep(path, facts, read_at, before):
+            self._store_by_content(path, facts)
         return facts
 
     def peek(self, path: Path) -> ModelFacts | None:
-        """The cached facts when the model's files are unchanged; None, never an inspection."""
-        path = Path(os.path.abspath(path))
-        return _cached(self.entry_path(path), path)
+        """The cached facts when the model's files are unchanged or their bytes known; None,
+        never an inspection."""
+        return self._known(Path(os.path.abspath(path)))
+
+    def _known(self, path: Path) -> ModelFacts | None:
+        cached = _cached(self.entry_path(path), path)
+        if cached is not None or not path.is_file():
+            return cached
+        read_at, before = time.time_ns(), _stats(path, ())
+        facts = self._by_content(path)
+        if facts is not None:
+            self._keep(path, facts, read_at, before)
+        return facts
+
+    def _keep(self, path: Path, facts: ModelFacts, read_at: int, before: Stats | None) -> bool:
+        """Store `facts` under the model's stats, unless it was rewritten while they were
+        read (`before`: its stat then): they must not be cached under its new stat."""
+        after = _stats(path, facts.external_files)
+        if after is None or before is None or before[""] != after[""]:
+            return False
+        _store_entry(self.entry_path(path), _entry(path, after, facts, read_at))
+        return True
 
     def add_parser_check(self, path: Path, facts: ModelFacts, check: ParserCheck) -> ModelFacts:
         """`facts` with the parser's verdict, stored with them while the files are unchanged
@@ -69,11 +93,37 @@ class FactsCache:
             entry = _entry(path, stats, checked, time.time_ns())
             entry["racy"] = entry["racy"] or racy
             _store_entry(entry_file, entry)
+            self._store_by_content(path, checked)
         return checked
 
     def entry_path(self, path: Path) -> Path:
         name = hashlib.sha256(os.fsencode(path)).hexdigest()
         return self.directory / f"{name}.json"
+
+    def _by_content(self, path: Path) -> ModelFacts | None:
+        """The facts of a model with the same bytes, wherever it was; None when none is known
+        or the model or its external data cannot be read (inspecting then says why)."""
+        try:
+            key = sha256_file(path)
+            entry = json.loads((self.directory / BY_CONTENT / f"{key}.json").read_bytes())
+            if entry["version"] != CACHE_VERSION:
+                return None
+            facts = facts_from_json(entry["facts"])
+            # The ONNX file names its external data: theirs must be the same bytes too.
+            digest = (content_digest(path, facts.external_files) if facts.external_files
+                      else f"sha256:{key}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return replace(facts, path=str(path)) if digest == facts.digest else None
+
+    def _store_by_content(self, path: Path, facts: ModelFacts) -> None:
+        try:
+            key = (sha256_file(path) if facts.external_files
+                   else facts.digest.removeprefix("sha256:"))
+        except OSError:
+            return
+        entry = {"version": CACHE_VERSION, "facts": facts_to_json(facts)}
+        _store_entry(self.directory / BY_CONTENT / f"{key}.json", entry)
 
 
 def _stats(path: Path, external_files: tuple[str, ...]) -> Stats | None:

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,8 @@ def test_second_get_is_a_hit_with_equal_facts(
     assert second == first
     assert second.inputs[0].shape == ("batch", 16)
     assert len(count_inspections) == 1
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.entry_path(model).name]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        cache.entry_path(model).name, facts_cache.BY_CONTENT]
 
 
 def test_shape_inputs_survive_the_cache(tmp_path: Path, count_inspections: list[Path]) -> None:
@@ -81,9 +84,11 @@ def test_corrupt_entry_means_inspect_again_and_rewrite(
     cache = FactsCache(tmp_path / "cache")
     facts = cache.get(model)
     entry = cache.entry_path(model)
+    shutil.rmtree(tmp_path / "cache" / facts_cache.BY_CONTENT)  # the path's entry alone
     entry.write_text('{"version": 1, "path": ')
     assert cache.get(model) == facts
     assert json.loads(entry.read_text())["facts"]["digest"] == facts.digest
+    shutil.rmtree(tmp_path / "cache" / facts_cache.BY_CONTENT)
     entry.write_text(json.dumps({"version": 1, "path": str(model), "facts": {}, "stamps": {}}))
     assert cache.get(model) == facts
     assert len(count_inspections) == 3
@@ -209,5 +214,29 @@ def test_old_cache_entries_are_inspected_again(
     old = json.loads(entry.read_text())
     old["version"] = facts_cache.CACHE_VERSION - 1
     entry.write_text(json.dumps(old))
+    for by_content in (tmp_path / "cache" / facts_cache.BY_CONTENT).iterdir():
+        by_content.write_text(json.dumps({**json.loads(by_content.read_text()), **old}))
     FactsCache(tmp_path / "cache").get(model)
+    assert len(count_inspections) == 2
+
+
+def test_a_copy_elsewhere_is_known_by_its_bytes(
+    tmp_path: Path, count_inspections: list[Path]
+) -> None:
+    """A fresh clone or another worktree: the facts of the same bytes, with this path; a
+    copy whose external data differs is inspected."""
+    model = modelgen.external_data_model(tmp_path / "a" / "m.onnx")
+    cache = FactsCache(tmp_path / "cache")
+    facts = cache.get(model)
+    clone = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", clone)
+    cached = FactsCache(tmp_path / "cache").peek(clone / "m.onnx")
+    assert cached == replace(facts, path=str(clone / "m.onnx"))
+    assert len(count_inspections) == 1
+    data = clone / facts.external_files[0]
+    data.write_bytes(data.read_bytes()[::-1])
+    other = tmp_path / "c"
+    shutil.copytree(clone, other)
+    assert FactsCache(tmp_path / "cache").peek(other / "m.onnx") is None
+    assert FactsCache(tmp_path / "cache").get(other / "m.onnx").digest != facts.digest
     assert len(count_inspections) == 2
