@@ -156,3 +156,35 @@ def test_write_leaves_no_temp_file_and_replaces(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["m.lock"]
     again = read_lock(path)
     assert again is not None and dict(again.engines) == {}
+
+
+def test_a_lock_whose_bytes_passed_the_schema_skips_it_anywhere(tmp_path: Path) -> None:
+    """A fresh clone's lock, known to no cache by its path, skips jsonschema when the same
+    bytes passed before; a lock that broke the schema is never marked."""
+    import subprocess
+    import sys
+
+    from matrix.manifest.valid_cache import mark_path
+
+    path = tmp_path / "a" / "m.lock"
+    path.parent.mkdir()
+    write_lock(path, lock(**{"a@sm86": entry("a")}))
+    assert read_lock(path) is not None
+    assert mark_path(path.read_bytes(), "lockfile").is_file()
+    clone = tmp_path / "b" / "m.lock"
+    clone.parent.mkdir()
+    clone.write_bytes(path.read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c",
+         f"from pathlib import Path; from matrix.lockfile.io import read_lock; "
+         f"assert read_lock(Path({str(clone)!r})) is not None"],
+        capture_output=True, text=True, check=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "jsonschema" not in imported
+    broken = json.loads(path.read_text())
+    broken["engines"]["a@sm86"]["size"] = "big"
+    clone.write_text(json.dumps(broken))
+    with pytest.raises(InputError):
+        read_lock(clone)
+    assert not mark_path(clone.read_bytes(), "lockfile").exists()
