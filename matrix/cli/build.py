@@ -191,6 +191,13 @@ def run(args: argparse.Namespace) -> int:
     from matrix.build.progress import print_summary
 
     print_summary(outcomes, time.monotonic() - started, args.quiet)
+    done = (Status.BUILT, Status.FETCHED, Status.UP_TO_DATE)
+    if getattr(args, "memo_argv", None) and len(outcomes) == len(state.freshness.cells) and \
+            all(o.status in done for o in outcomes):
+        from matrix.lockfile.noop_memo import remember
+
+        # What the next run would find: every cell up to date.
+        remember(args.memo_argv, state, up_to_date_line(len(outcomes)), started_ns)
     return 1 if any(o.status in (Status.FAILED, Status.NOT_STARTED) for o in outcomes) else 0
 
 
@@ -234,10 +241,12 @@ def scheduler(args: argparse.Namespace) -> str | None:
 
 
 def noop_text(state: Survey) -> str:
-    fresh = len(state.freshness.up_to_date)
-    lines = [f"{fresh} cell{'' if fresh == 1 else 's'} up to date"]
-    lines += [f"skipped {s.cell.id}: needs a GPU: {state.gpu_missing}" for s in state.skipped]
-    return "\n".join(lines) + "\n"
+    skipped = [f"skipped {s.cell.id}: needs a GPU: {state.gpu_missing}\n" for s in state.skipped]
+    return up_to_date_line(len(state.freshness.up_to_date)) + "".join(skipped)
+
+
+def up_to_date_line(cells: int) -> str:
+    return f"{cells} cell{'' if cells == 1 else 's'} up to date\n"
 
 
 def print_pending(state: Survey, out: TextIO) -> None:

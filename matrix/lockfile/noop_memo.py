@@ -1,11 +1,13 @@
-"""The last no-op `build`'s verdict, so that the same no-op again need not plan at all.
+"""The verdict of the next `build`, kept by the last one, so that a no-op need not plan.
 
 A no-op over 10,000 cells spends its time importing, loading the plan and checking each
 cell, to print one line. Like ninja's log, the verdict is kept with the stat of every file
 it was read from: the manifest, the lock, each model and its external data, each engine,
 the folder TensorRT-RTX is installed in, and rtx-matrix's own code. A later run with the
 same command line, working folder, interpreter and RTX_MATRIX_* variables that finds every
-one of them unchanged would reach the same verdict, so it prints the same lines instead.
+one of them unchanged would reach the same verdict, so it prints the same lines instead. A
+no-op keeps its own verdict; a build in which every cell ended up built, fetched or up to
+date keeps "every cell up to date", which the lock and stamps it just wrote make true.
 
 As the stamps do (`matrix.lockfile.stamps`), a stat vouches for its file; a file modified
 since the run began, or just before (racy, `matrix.file_stat`), leaves no memo. Kept in the
@@ -79,9 +81,11 @@ def replay(argv: Sequence[str]) -> str | None:
 
 
 def remember(argv: Sequence[str], state: Survey, said: str, started_ns: int) -> None:
-    """Keep the verdict of this no-op run (begun at `started_ns`), when it may be kept."""
+    """Keep `said` as the verdict of the next run's survey, which this run (begun at
+    `started_ns`) leaves every cell of `state` up to date for: a no-op, or a build in which
+    every cell was built, fetched or up to date already (its lock and stamps then say so)."""
     code = pickle_cache.code_as_imported()
-    if code is None or not eligible(argv) or state.skipped or state.removed:
+    if code is None or not eligible(argv) or state.skipped:
         return
     plan = state.plan
     if any(cell.needs_gpu for cell in plan.cells):
@@ -89,25 +93,25 @@ def remember(argv: Sequence[str], state: Survey, said: str, started_ns: int) -> 
     library = _library_folder()
     if library is None:
         return
-    paths = [str(plan.manifest.path), str(state.lock_path), library]
+    inputs = [str(plan.manifest.path), library]
     for facts in plan.facts.values():
         folder = os.path.dirname(facts.path)
-        paths += [facts.path, *(os.path.join(folder, name) for name in facts.external_files)]
+        inputs += [facts.path, *(os.path.join(folder, name) for name in facts.external_files)]
     stats: list[Stat] = []
-    for path in paths:
+    for path in inputs:
         stat = file_stat(path)
         if stat is None or is_racy(stat, started_ns):
             return
         stats.append((stat.size, stat.mtime_ns, stat.ino))
-    # Each engine's stat as its stamp holds it, which this run found it still has: no
-    # second stat. Engines, like stamps, skip the racy rule: this run checked them itself.
-    engines = [cell.engine_file for cell in state.freshness.up_to_date]
-    for engine in engines:
-        recorded = state.stamps.recorded_stat(engine)
+    # The lock's and each engine's stat as its stamp holds it: taken when this run wrote
+    # it or found it unchanged, so no second stat, and no racy rule (as for the stamps).
+    outputs = [str(state.lock_path), *(cell.engine_file for cell in state.freshness.cells)]
+    for path in outputs:
+        recorded = state.stamps.recorded_stat(path)
         if recorded is None:
             return
         stats.append(recorded)
-    key = _key(argv, code, (*paths, *engines), tuple(stats))
+    key = _key(argv, code, (*inputs, *outputs), tuple(stats))
     pickle_cache.store(_entry(key), key, said, KEEP)
 
 

@@ -120,3 +120,20 @@ def test_a_plan_with_gpu_cells_is_never_remembered(tmp_path: Path) -> None:
     first, planned = console_build(manifest)
     assert first.startswith("1 cell up to date\nskipped a@current: needs a GPU") and planned
     assert console_build(manifest) == (first, True)
+
+
+def test_a_build_that_leaves_every_cell_up_to_date_leaves_the_memo(tmp_path: Path) -> None:
+    """The first run after a build replays too, and says what planning says."""
+    manifest = write_project(tmp_path)
+    age(tmp_path)
+    out, planned = console_build(manifest)
+    assert "2 built" in out and planned
+    assert console_build(manifest) == ("2 cells up to date\n", False)
+    assert console_build(manifest, RTX_MATRIX_ANYTHING="1") == ("2 cells up to date\n", True)
+
+    manifest.write_text(MANIFEST.format(targets="sm86, sm89, sm120"))
+    age(tmp_path)
+    out, planned = console_build(manifest)
+    assert "built a@sm120" in out and "1 built" in out and "2 up to date" in out and planned
+    assert console_build(manifest) == ("3 cells up to date\n", False)
+    assert console_build(manifest, RTX_MATRIX_OTHER="1") == ("3 cells up to date\n", True)
