@@ -67,8 +67,8 @@ def download(
     to a named sibling, then are read back once to be checked: reading a remote file through
     `open` costs a request per block."""
     if engine is None:
-        with open(os.devnull, "wb") as sink, store.open_engine(wanted.sha256, CHUNK) as source:
-            _receive(source, wanted, sink.fileno(), on_bytes, cancel)
+        with store.open_engine(wanted.sha256, CHUNK) as source:
+            _receive(source, wanted, None, on_bytes, cancel)
         return
     engine.parent.mkdir(parents=True, exist_ok=True)
     if not store.is_folder:
@@ -90,18 +90,14 @@ def _download_remote(
     before_replace: Callable[[], None] | None,
 ) -> None:
     named = temp_path(engine)
-    reported = 0.0
+    report = _every_interval(on_bytes)
 
     def progress(done: int) -> None:
-        nonlocal reported
         if cancel is not None and cancel.is_set():
             raise Cancelled
         if done > wanted.size:
             raise Rejected(f"the engine is longer than the {wanted.size} bytes recorded")
-        now = time.monotonic()
-        if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
-            on_bytes(done)
-            reported = now
+        report(done)
 
     try:
         store.get_engine(wanted.sha256, str(named), progress)
@@ -129,7 +125,7 @@ def _receive(
     digest = hashlib.sha256()
     head = b""
     done = 0
-    reported = 0.0
+    report = _every_interval(on_bytes)
     buffer = _buffer()
     while count := source.readinto(buffer):
         if cancel is not None and cancel.is_set():
@@ -143,10 +139,7 @@ def _receive(
         digest.update(chunk)
         if fd is not None:
             _write_all(fd, chunk)
-        now = time.monotonic()
-        if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
-            on_bytes(done)
-            reported = now
+        report(done)
     if done != wanted.size:
         raise Rejected(f"the engine has {done} bytes, {wanted.size} recorded (truncated?)")
     if digest.hexdigest() != wanted.sha256:
@@ -155,6 +148,20 @@ def _receive(
     check_header(head, wanted)
     if on_bytes is not None:
         on_bytes(done)
+
+
+def _every_interval(on_bytes: Progress | None) -> Progress:
+    """`on_bytes` called at most once per PROGRESS_INTERVAL (the caller reports the end)."""
+    reported = 0.0
+
+    def report(done: int) -> None:
+        nonlocal reported
+        now = time.monotonic()
+        if on_bytes is not None and now - reported >= PROGRESS_INTERVAL:
+            on_bytes(done)
+            reported = now
+
+    return report
 
 
 _BUFFERS = threading.local()
