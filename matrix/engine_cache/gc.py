@@ -1,10 +1,12 @@
 """`cache gc`: keep a folder cache under a size, least recently used entries out first.
 
-A fetch touches its record and engine, a push writes them, so their mtimes say when an
-entry was last used. Records go first (a reader then sees no entry, never a record naming
-a deleted engine), then the engines no record names any more. Temporaries of killed pushes
-and engines no record names are removed once older than `GRACE`: a push in flight writes
-its engine some moments before its record. Object stores have lifecycle rules for this.
+A fetch touches its record, a push writes its record and engine, so the later of their
+mtimes says when an entry was last used (a fetch leaves the engine's mtime alone:
+`matrix.engine_cache.verified` trusts it). Records go first (a reader then sees no entry,
+never a record naming a deleted engine), then the engines no record names any more.
+Temporaries of killed pushes and engines no record names are removed once older than
+`GRACE`: a push in flight writes its engine some moments before its record. Object stores
+have lifecycle rules for this.
 """
 
 from __future__ import annotations

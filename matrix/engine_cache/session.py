@@ -368,8 +368,8 @@ class _Fetch:
         finally:
             self.messages.put(("event", ProgressEvent(cell_id, "end")))
         write_log(item, session.store.url)
-        session.store.touch(session.store.record_path(item.entry.fingerprint),
-                            session.store.engine_path(item.wanted.sha256))
+        # The record only: the engine's mtime stays what `verified` marked.
+        session.store.touch(session.store.record_path(item.entry.fingerprint))
         return Fetched(cell_id, item.entry, item.state.engine, time.monotonic() - started)
 
     def _progress(self, item: Found) -> Callable[[int], None]:

@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import FileIO
 from typing import IO, Any, Protocol
 
 from matrix.engine_cache.config import display_url, protocol
@@ -109,6 +110,16 @@ class EngineStore:
         with self._talking(), self.fs.open(self.engine_path(sha256), "rb",
                                            block_size=block_size) as handle:
             yield _Guarded(handle, self)
+
+    @contextlib.contextmanager
+    def open_local(self, sha256: str) -> Iterator[tuple[str, FileIO]]:
+        """A folder cache's engine file: its path, and the file opened unbuffered for its
+        descriptor (errors while reading it are plain OSErrors)."""
+        path = self.fs._strip_protocol(self.engine_path(sha256))
+        with contextlib.ExitStack() as stack:
+            with self._talking():
+                handle = stack.enter_context(open(path, "rb", buffering=0))
+            yield path, handle
 
     def get_engine(self, sha256: str, local_path: str, on_bytes: Callable[[int], None]) -> None:
         """Download engine `sha256` to `local_path` as the backend downloads a file (one
