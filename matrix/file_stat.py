@@ -6,6 +6,7 @@ Several records trust a file by its stat instead of reading it (docs/caches.md):
 - the plan and lock caches (`matrix.plan.cache`, `matrix.lockfile.cache`): the manifest, its
   models, the lockfile and rtx-matrix's own code;
 - the survey's view of the lock (`matrix.lockfile.survey`): did a build rewrite it since?
+- the verified marks (`matrix.engine_cache.verified`): folder-cache engines hashed before.
 
 The racy rule (git's "racily clean" index entries): a file can change again within the same
 tick of its filesystem's clock (2 s on FAT) without its size or mtime moving. So a stat taken

@@ -4,7 +4,9 @@ A download streams into a file with no name (Linux O_TMPFILE; a `.tmp-<pid>` sib
 the filesystem cannot), hashing as it goes. Only once its size, sha256 and engine header
 match what the cell needs is the file renamed onto the engine path: a reader of the output
 folder never sees a partial or unchecked engine, and a download killed with -9 leaves
-nothing behind (a named sibling at worst, which the next run removes).
+nothing behind (a named sibling at worst, which the next run removes). The one exception to
+hashing: a folder cache's file this user hashed before, unchanged since by its stat, is
+copied by the kernel with only its size and header checked (`matrix.engine_cache.verified`).
 
 A fetched engine is not fsynced, unlike a built one: its bytes are in the cache, one fetch
 away, and waiting for the disk would cost the hit path more than the copy itself (bench/
@@ -129,16 +131,20 @@ def _from_folder(
 ) -> None:
     """Copy a folder cache's engine file to `fd`: hashed as it is read, unless this user
     hashed this very file before (`matrix.engine_cache.verified`)."""
-    before = FileStat.of(os.fstat(source.fileno()))
+    before = os.fstat(source.fileno())
     if verified.vouches(path, before, wanted.sha256):
-        _copy_vouched(source, before.size, wanted, fd, on_bytes, cancel)
-        if FileStat.of(os.fstat(source.fileno())) != before:
+        _copy_vouched(source, before.st_size, wanted, fd, on_bytes, cancel)
+        if not _same(os.fstat(source.fileno()), before):
             raise Rejected("the engine changed while it was copied")
         return
     read_at = time.time_ns()
     _receive(source, wanted, fd, on_bytes, cancel)
-    if FileStat.of(os.fstat(source.fileno())) == before:
+    if _same(os.fstat(source.fileno()), before):
         verified.remember(path, before, wanted.sha256, read_at)
+
+
+def _same(now: os.stat_result, before: os.stat_result) -> bool:
+    return (FileStat.of(now), now.st_ctime_ns) == (FileStat.of(before), before.st_ctime_ns)
 
 
 def _copy_vouched(
@@ -167,14 +173,14 @@ def _copy_vouched(
         on_bytes(done)
 
 
-_SENDFILE = sys.platform == "linux"
-"""Linux's sendfile copies file to file inside the kernel, as `shutil.copyfile` does there;
-elsewhere it needs a socket."""
+_SENDFILE = True
+"""Copy with Linux's sendfile, file to file inside the kernel as `shutil.copyfile` does there
+(elsewhere it needs a socket); the tests turn it off to run the portable copy on Linux."""
 
 
 def _copy_range(source: FileIO, fd: int, offset: int, count: int) -> int:
     """Append `count` bytes of `source` from `offset` to `fd`; the bytes copied (0 at end)."""
-    if _SENDFILE:
+    if sys.platform == "linux" and _SENDFILE:
         return os.sendfile(fd, source.fileno(), offset, count)
     source.seek(offset)
     buffer = _buffer()[:count]

@@ -7,7 +7,9 @@ file do not change while its stat does not, which is the trust the stamps alread
 engines in the output folder (`matrix.file_stat`, docs/caches.md). So once a fetch has
 hashed an engine file of a folder cache and found the sha256 it is named after, it keeps
 that file's path and stat here; a later fetch of the same file with the same stat copies it
-without hashing, still checking its size and header.
+without hashing, still checking its size and header. The mark holds the ctime too, which
+no program can set on POSIX: content written in place with its old mtime put back is hashed
+again (on Windows st_ctime is the creation time, which a program can set).
 
 The racy rule holds: a file modified less than `RACY_NS` before it was hashed gets no mark.
 The marks live in this user's own cache folder (`matrix.cache_dir`), never in the shared
@@ -32,11 +34,12 @@ def _mark(sha256: str) -> Path:
     return cache_dir() / "verified" / sha256
 
 
-def _text(path: str, stat: FileStat) -> str:
-    return f"{stat.size} {stat.mtime_ns} {stat.ino} {os.path.abspath(path)}"
+def _text(path: str, stat: os.stat_result) -> str:
+    size, mtime_ns, ino = FileStat.of(stat)
+    return f"{size} {mtime_ns} {ino} {stat.st_ctime_ns} {os.path.abspath(path)}"
 
 
-def vouches(path: str, stat: FileStat, sha256: str) -> bool:
+def vouches(path: str, stat: os.stat_result, sha256: str) -> bool:
     """Whether the file at `path`, with `stat`, was hashed to `sha256` since it last changed."""
     try:
         return _mark(sha256).read_text(encoding="utf-8") == _text(path, stat)
@@ -44,10 +47,10 @@ def vouches(path: str, stat: FileStat, sha256: str) -> bool:
         return False
 
 
-def remember(path: str, stat: FileStat, sha256: str, read_at_ns: int) -> None:
+def remember(path: str, stat: os.stat_result, sha256: str, read_at_ns: int) -> None:
     """The file at `path` had `stat` before and after it was read, from `read_at_ns` on
     (`time.time_ns()`), and hashed to `sha256`. Best effort: a mark not kept costs a hash."""
-    if is_racy(stat, read_at_ns):
+    if is_racy(FileStat.of(stat), read_at_ns):
         return
     with contextlib.suppress(OSError):
         write_atomic(_mark(sha256), _text(path, stat), durable=False)

@@ -98,8 +98,9 @@ def test_an_engine_hashed_once_is_then_copied_without_hashing(
     assert second.run("status", "--check", "--verify") == 0
 
 
+@pytest.mark.parametrize("mtime", ["moved", "put back"])
 def test_an_engine_changed_after_its_mark_is_hashed_and_rejected(
-    project: Project, pushed: Path, tmp_path: Path, capsys: Any
+    project: Project, pushed: Path, tmp_path: Path, capsys: Any, mtime: str
 ) -> None:
     assert project.clone(tmp_path / "first").run("build", "-j2") == 0
     lock = read_lock(project.lock)
@@ -108,10 +109,14 @@ def test_an_engine_changed_after_its_mark_is_hashed_and_rejected(
     blob = pushed / "v1" / "engines" / f"{good.sha256}.engine"
     inode = blob.stat().st_ino
     poison = bytearray(blob.read_bytes())
-    poison[len(poison) // 2] ^= 0xFF  # same size, same header, same file: only its mtime moves
+    poison[len(poison) // 2] ^= 0xFF  # same size, same header, same file
+    old = blob.stat()
     with open(blob, "r+b") as handle:
         handle.write(poison)
-    assert blob.stat().st_ino == inode
+    if mtime == "put back":  # as a tool that keeps timestamps would: only the ctime moves
+        os.utime(blob, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (blob.stat().st_ino, blob.stat().st_size) == (inode, old.st_size)
+    assert (blob.stat().st_mtime_ns == old.st_mtime_ns) == (mtime == "put back")
     capsys.readouterr()
 
     clone = project.clone(tmp_path / "second")
