@@ -20,7 +20,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,16 @@ from matrix.gpu import Gpu
 from matrix.lockfile.book import LockBook, lock_entry
 from matrix.lockfile.freshness import CellState
 from matrix.lockfile.types import LockEntry
-from matrix.plan.types import Plan
+from matrix.plan.types import Plan, TextEnum
 
 
-class Status(str, Enum):
+class Status(TextEnum):
     BUILT = "built"
     FETCHED = "from cache"
     UP_TO_DATE = "up to date"
     SKIPPED = "skipped"
     FAILED = "failed"
     NOT_STARTED = "not started"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

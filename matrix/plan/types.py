@@ -10,23 +10,24 @@ from matrix.facts.types import ModelFacts
 from matrix.manifest.types import Manifest, Model, Target
 
 
-class Verdict(str, Enum):
+class TextEnum(str, Enum):
+    """Prints as its value, in messages and JSON alike (enum.StrEnum from Python 3.11 on)."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+
+class Verdict(TextEnum):
     BUILD = "build"
     NEEDS_GPU = "needs-gpu"
     REJECTED = "rejected"
     EXCLUDED = "excluded"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Severity(str, Enum):
+class Severity(TextEnum):
     ERROR = "error"
     WARNING = "warning"
     INFO = "info"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from matrix.build.worker import command, environment
 _JOIN_SECONDS = 5.0
 """How long to wait for a reader once its worker is dead (its output then ends at once)."""
 
-Message = tuple["_Worker | None", Any]
+Heard = tuple["_Worker | None", Any]
 """(worker, frame) from a reader; frame None: that worker's output ended. (None, None):
 wake up, the pool was shut."""
 
@@ -74,7 +74,7 @@ class PortablePool:
         self.env = dict(env or {})
         self._workers: list[_Worker] = []
         self._pending: deque[BuildRequest] = deque()
-        self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Heard] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._entered = False
         self._closed = False
@@ -198,7 +198,7 @@ class PortablePool:
                 _send(worker, request)
             worker.cell = InFlight(request, time.monotonic(), kills)
 
-    def _wait(self, timeout: float | None) -> list[Message]:
+    def _wait(self, timeout: float | None) -> list[Heard]:
         """What the readers said, waiting up to `timeout` seconds (None: until they say
         something): everything there is, so a result already in is read before a timeout
         is judged."""
@@ -238,7 +238,7 @@ class PortablePool:
         return _end(worker)
 
 
-def _read(worker: _Worker, inbox: queue.SimpleQueue[Message]) -> None:
+def _read(worker: _Worker, inbox: queue.SimpleQueue[Heard]) -> None:
     """A reader thread: the worker's frames, in order, then None when its output ends."""
     stream = worker.proc.stdout
     assert stream is not None
