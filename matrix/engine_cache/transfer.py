@@ -19,6 +19,7 @@ engine wherever a filesystem promises less.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sys
@@ -178,10 +179,18 @@ _SENDFILE = True
 (elsewhere it needs a socket); the tests turn it off to run the portable copy on Linux."""
 
 
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV}
+"""What sendfile answers where a filesystem cannot (as `shutil.copyfile` falls back on)."""
+
+
 def _copy_range(source: FileIO, fd: int, offset: int, count: int) -> int:
     """Append `count` bytes of `source` from `offset` to `fd`; the bytes copied (0 at end)."""
     if sys.platform == "linux" and _SENDFILE:
-        return os.sendfile(fd, source.fileno(), offset, count)
+        try:
+            return os.sendfile(fd, source.fileno(), offset, count)
+        except OSError as error:
+            if error.errno not in _NO_SENDFILE:
+                raise  # nothing was copied: the plain copy below takes over
     source.seek(offset)
     buffer = _buffer()[:count]
     got = source.readinto(buffer) or 0

@@ -202,3 +202,26 @@ def test_an_engine_changed_while_copied_is_rejected(
     assert built(out) == ["a@sm86"] and fetched(out) == ["a@sm89", "b@sm86"]
     assert err == "warning: a@sm86: cache entry rejected: the engine changed while it was copied\n"
     assert clone.run("status", "--check", "--verify") == 0
+
+
+def test_a_filesystem_without_sendfile_gets_the_plain_copy(
+    project: Project, pushed: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendfile stands in refusing with EINVAL, as some FUSE and network filesystems do."""
+    import errno
+
+    assert project.clone(tmp_path / "first").run("build", "-j2") == 0
+    capsys.readouterr()
+    refused = []
+
+    def no_sendfile(*args: Any) -> int:
+        refused.append(args)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile, raising=False)
+    clone = project.clone(tmp_path / "second")
+    assert clone.run("build", "-j2") == 0
+    out, err = capsys.readouterr()
+    assert fetched(out) == list(CELLS) and err == "" and refused
+    for cell in CELLS:
+        assert clone.engine(cell).read_bytes() == project.engine(cell).read_bytes()
