@@ -71,10 +71,9 @@ def download(
 
     From a folder, the bytes are hashed as they are copied, or copied by the kernel, all
     but their sha256 checked, when this user hashed that very file before (`verified`).
-    From any other store, they come
-    in one streamed request (`EngineStore.get_engine`, as the backend's own download would)
-    to a named sibling, then are read back once to be checked: reading a remote file through
-    `open` costs a request per block."""
+    From any other store, they come in one streamed request (`EngineStore.get_engine`, as
+    the backend's own download would) to a named sibling, then are read back once to be
+    checked: reading a remote file through `open` costs a request per block."""
     if engine is None:
         with store.open_engine(wanted.sha256, CHUNK) as source:
             _receive(source, wanted, None, on_bytes, cancel)
@@ -178,7 +177,6 @@ _SENDFILE = True
 """Copy with Linux's sendfile, file to file inside the kernel as `shutil.copyfile` does there
 (elsewhere it needs a socket); the tests turn it off to run the portable copy on Linux."""
 
-
 _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV}
 """What sendfile answers where a filesystem cannot (as `shutil.copyfile` falls back on)."""
 
@@ -190,7 +188,8 @@ def _copy_range(source: FileIO, fd: int, offset: int, count: int) -> int:
             return os.sendfile(fd, source.fileno(), offset, count)
         except OSError as error:
             if error.errno not in _NO_SENDFILE:
-                raise  # nothing was copied: the plain copy below takes over
+                raise
+            # Refused before copying a byte: the plain copy below takes over.
     source.seek(offset)
     buffer = _buffer()[:count]
     got = source.readinto(buffer) or 0
