@@ -42,8 +42,8 @@ def test_second_get_is_a_hit_with_equal_facts(
     assert second == first
     assert second.inputs[0].shape == ("batch", 16)
     assert len(count_inspections) == 1
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        cache.entry_path(model).name, facts_cache.BY_CONTENT]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        [cache.entry_path(model).name, facts_cache.BY_CONTENT])
 
 
 def test_shape_inputs_survive_the_cache(tmp_path: Path, count_inspections: list[Path]) -> None:
