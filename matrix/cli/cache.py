@@ -33,7 +33,8 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Fetch every stale cell's engine that the cache holds into the output folder, "
             "checked (sha256, size, engine header) before it takes its name, and write the "
-            "lock as a build would. Exit 1 when some cells are not in the cache."
+            "lock as a build would. A folder cache's file you fetched before is not hashed "
+            "again while its stat is unchanged. Exit 1 when some cells are not in the cache."
         ),
     )
     _cells(pull)
@@ -64,7 +65,7 @@ def add_parser(subparsers: Any) -> None:
     )
     _cells(status)
     status.add_argument("--verify", action="store_true",
-                        help="download every present engine and check it as a fetch would")
+                        help="read every present engine and check it as a fetch would, always hashing it")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(run=run_status)
 
