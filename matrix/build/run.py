@@ -275,7 +275,7 @@ def other_outcomes(state: Survey, fetched: Container[str] = ()) -> list[Outcome]
 
     fresh = [Outcome(s.cell.id, Status.UP_TO_DATE) for s in state.freshness.up_to_date]
     skipped = [
-        Outcome(s.cell.id, Status.SKIPPED, detail=f"needs a GPU: {state.gpu_missing}")
+        Outcome(s.cell.id, Status.SKIPPED, detail=state.why_skipped(s))
         for s in state.skipped
         if s.cell.id not in fetched
     ]

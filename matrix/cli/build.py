@@ -109,7 +109,9 @@ def add_parser(subparsers: Any) -> None:
         "--executor",
         choices=("local", "dask"),
         default="local",
-        help="local worker processes (default) or a Dask cluster",
+        help="local worker processes (default) or a Dask cluster, which sends GPU cells to "
+        "workers started with --resources GPU=1 (this machine needs no GPU; `current` cells "
+        "are skipped)",
     )
     parser.add_argument(
         "--scheduler",
@@ -161,9 +163,8 @@ def run(args: argparse.Namespace) -> int:
         state = survey_for(args)
         report_rejected(state.plan, state.chosen, args.skip_rejected)
         if args.require_gpu and state.skipped:
-            raise GpuError(
-                f"--require-gpu: {len(state.skipped)} cells need a GPU: {state.gpu_missing}"
-            )
+            why = state.why_skipped(state.skipped[0])
+            raise GpuError(f"--require-gpu: {len(state.skipped)} cells cannot be built: {why}")
         if args.dry_run or args.check:
             print_pending(state, sys.stdout)
             if args.check and (state.to_build or state.removed):
@@ -241,7 +242,7 @@ def scheduler(args: argparse.Namespace) -> str | None:
 
 
 def noop_text(state: Survey) -> str:
-    skipped = [f"skipped {s.cell.id}: needs a GPU: {state.gpu_missing}\n" for s in state.skipped]
+    skipped = [f"skipped {s.cell.id}: {state.why_skipped(s)}\n" for s in state.skipped]
     return up_to_date_line(len(state.freshness.up_to_date)) + "".join(skipped)
 
 
@@ -253,7 +254,7 @@ def print_pending(state: Survey, out: TextIO) -> None:
     for pending in state.to_build:
         print(f"would build {pending.cell.id}: {', '.join(pending.reasons)}", file=out)
     for skipped in state.skipped:
-        print(f"would skip {skipped.cell.id}: needs a GPU: {state.gpu_missing}", file=out)
+        print(f"would skip {skipped.cell.id}: {state.why_skipped(skipped)}", file=out)
     for cell_id in state.removed:
         print(f"would remove {cell_id} from the lock: removed from the manifest", file=out)
     fresh = len(state.freshness.up_to_date)

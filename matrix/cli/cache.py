@@ -65,7 +65,8 @@ def add_parser(subparsers: Any) -> None:
     )
     _cells(status)
     status.add_argument("--verify", action="store_true",
-                        help="read every present engine and check it as a fetch would, always hashing it")
+                        help="read every present engine and check it as a fetch would, "
+                        "always hashing it")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(run=run_status)
 

@@ -87,6 +87,7 @@ def survey_for(args: argparse.Namespace) -> Survey:
             force=getattr(args, "force", False),
             device=getattr(args, "device", None),
             lock_output=getattr(args, "output", None),
+            cluster=getattr(args, "executor", "local") == "dask",
         )
 
 

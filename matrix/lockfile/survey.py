@@ -30,6 +30,12 @@ if TYPE_CHECKING:  # only named: a no-op run needs no GPU
     from matrix.gpu import Gpu
 
 
+CURRENT_ON_CLUSTER = (
+    "a `current` cell builds for the GPU of the machine that builds it, which a Dask cluster "
+    "does not name in advance: target that GPU's CC instead (e.g. sm89)"
+)
+
+
 @dataclass(frozen=True)
 class Survey:
     """Where a manifest stands: its plan, lock and the freshness of the chosen cells."""
@@ -51,6 +57,9 @@ class Survey:
     file onto it, so a rewrite changes the inode even within one mtime tick."""
     chosen: tuple[Cell, ...] = ()
     """The cells the run's patterns name (all when none), buildable or not."""
+    cluster: bool = False
+    """GPU cells go to a Dask cluster, which routes them to its GPU workers: this host's
+    GPU does not matter."""
 
     def still_current(self) -> bool:
         """Whether the lockfile is as this survey read it: every build rewrites the lock, so
@@ -58,7 +67,17 @@ class Survey:
         return file_stat(self.lock_path) == self.lock_signature
 
     def buildable_here(self, state: CellState) -> bool:
-        return not state.cell.needs_gpu or self.gpu is not None
+        if not state.cell.needs_gpu:
+            return True
+        if self.cluster:
+            return not state.cell.target.current
+        return self.gpu is not None
+
+    def why_skipped(self, state: CellState) -> str:
+        """Why a stale cell this run cannot build is skipped."""
+        if self.cluster:
+            return CURRENT_ON_CLUSTER
+        return f"needs a GPU: {self.gpu_missing}"
 
     @property
     def to_build(self) -> tuple[CellState, ...]:
@@ -88,12 +107,13 @@ def survey(
     force: bool = False,
     device: int | None = None,
     lock_output: str | None = None,
+    cluster: bool = False,
 ) -> Survey:
     patterns = scope.patterns
     plan = load_plan(manifest)
     chosen = select_cells(plan, patterns)
     gpu, gpu_missing = None, None
-    if any(cell.needs_gpu for cell in chosen):
+    if any(cell.needs_gpu for cell in chosen) and not cluster:
         gpu, gpu_missing = find_gpu(device)
         if gpu is not None and any(cell.target.current for cell in plan.cells):
             plan = replan(plan, gpu)
@@ -108,7 +128,7 @@ def survey(
     removed = tuple(sorted(set(lock.engines) - owned)) if lock and not patterns else ()
     return Survey(
         plan, lock_path, lock, stamps, fresh, gpu, gpu_missing, removed, shard, signature,
-        tuple(chosen),
+        tuple(chosen), cluster,
     )
 
 

@@ -269,3 +269,58 @@ def test_cells_ask_for_their_expected_peak_as_the_memory_resource(
         "warning: huge needs about 5.0 GiB of memory, more than the largest Dask worker's "
         "MEMORY of 1000 MiB: it builds alone"
     ]
+
+
+GPU_MANIFEST = """\
+version: 1
+output: engines
+models:
+  - name: m
+    onnx: models/m.onnx
+    targets: [sm86, current]
+    weightless: [false, true]
+"""
+
+
+def test_a_coordinator_without_a_gpu_sends_gpu_cells_to_the_cluster(
+    cluster: Any, client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """This host has no GPU: a weightless cell still goes to the cluster's GPU worker (where
+    the library itself refuses: that worker has no GPU either); a `current` cell is
+    skipped, its CC being the building machine's."""
+    from matrix.cli import main
+    from matrix.lockfile.io import read_lock
+    from matrix.lockfile.survey import CURRENT_ON_CLUSTER
+
+    modelgen.matmul_fp16(tmp_path / "models" / "m.onnx")
+    manifest = tmp_path / "rtx-matrix.yaml"
+    manifest.write_text(GPU_MANIFEST)
+    code = main(["build", "--executor", "dask", "--scheduler", cluster.scheduler_address,
+                 "--keep-going", str(manifest)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "] built m@sm86 in " in out
+    # The library's own words, from the worker with the GPU resource (and no GPU).
+    assert "] FAILED m@sm86+weightless after " in out and "Error Code 1: Myelin" in out
+    assert f"skipped m@current: {CURRENT_ON_CLUSTER}" in out
+    assert f"skipped m@current+weightless: {CURRENT_ON_CLUSTER}" in out
+    assert "needs a GPU" not in out + err
+    lock = read_lock(tmp_path / "rtx-matrix.lock")
+    assert lock is not None and list(lock.engines) == ["m@sm86"]
+    assert lock.engines["m@sm86"].gpu is None
+
+
+def test_without_a_cluster_the_same_gpu_cells_need_this_hosts_gpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from matrix.cli import main
+
+    modelgen.matmul_fp16(tmp_path / "models" / "m.onnx")
+    manifest = tmp_path / "rtx-matrix.yaml"
+    manifest.write_text(GPU_MANIFEST)
+    assert main(["build", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped m@sm86+weightless: needs a GPU: " in out
+    assert main(["build", "--require-gpu", str(manifest)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: --require-gpu: 3 cells cannot be built: needs a GPU: "), err
