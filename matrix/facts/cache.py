@@ -48,11 +48,13 @@ class FactsCache:
         Raises `matrix.facts.onnx_inspect.ModelFileError` when the model cannot be used.
         """
         path = Path(os.path.abspath(path))
-        known = self._known(path)
+        known, key, seen = self._lookup(path)
         if known is not None:
             return known
         read_at, before = time.time_ns(), _stats(path, ())
-        facts = inspect_model(path)
+        # The bytes just hashed to look them up are the ones about to be read: not hashed
+        # again, unless the file moved since.
+        facts = inspect_model(path, file_sha256=key if before == seen else None)
         if self._keep(path, facts, read_at, before):
             self._store_by_content(path, facts)
         return facts
@@ -60,17 +62,22 @@ class FactsCache:
     def peek(self, path: Path) -> ModelFacts | None:
         """The cached facts when the model's files are unchanged or their bytes known; None,
         never an inspection."""
-        return self._known(Path(os.path.abspath(path)))
+        return self._lookup(Path(os.path.abspath(path)))[0]
 
-    def _known(self, path: Path) -> ModelFacts | None:
+    def _lookup(self, path: Path) -> tuple[ModelFacts | None, str | None, Stats | None]:
+        """(the known facts, else None; the sha256 of the ONNX file when it was hashed to
+        look it up by content, and the model's stat then, which stands for those bytes unless
+        the file was modified within its clock's tick of the hashing: None then)."""
         cached = _cached(self.entry_path(path), path)
         if cached is not None or not path.is_file():
-            return cached
+            return cached, None, None
         read_at, before = time.time_ns(), _stats(path, ())
-        facts = self._by_content(path)
+        facts, key = self._by_content(path)
         if facts is not None:
             self._keep(path, facts, read_at, before)
-        return facts
+        if before is None or _racy(before, read_at):
+            return facts, None, None
+        return facts, key, before
 
     def _keep(self, path: Path, facts: ModelFacts, read_at: int, before: Stats | None) -> bool:
         """Store `facts` under the model's stats, unless it was rewritten while they were
@@ -100,21 +107,25 @@ class FactsCache:
         name = hashlib.sha256(os.fsencode(path)).hexdigest()
         return self.directory / f"{name}.json"
 
-    def _by_content(self, path: Path) -> ModelFacts | None:
-        """The facts of a model with the same bytes, wherever it was; None when none is known
-        or the model or its external data cannot be read (inspecting then says why)."""
+    def _by_content(self, path: Path) -> tuple[ModelFacts | None, str | None]:
+        """The facts of a model with the same bytes, wherever it was (None when none is known
+        or the model or its external data cannot be read: inspecting then says why), and the
+        sha256 of the ONNX file's bytes (None when they could not be read)."""
         try:
             key = sha256_file(path)
+        except OSError:
+            return None, None
+        try:
             entry = json.loads((self.directory / BY_CONTENT / f"{key}.json").read_bytes())
             if entry["version"] != CACHE_VERSION:
-                return None
+                return None, key
             facts = facts_from_json(entry["facts"])
             # The ONNX file names its external data: theirs must be the same bytes too.
             digest = (content_digest(path, facts.external_files) if facts.external_files
                       else f"sha256:{key}")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return replace(facts, path=str(path)) if digest == facts.digest else None
+            return None, key
+        return (replace(facts, path=str(path)) if digest == facts.digest else None), key
 
     def _store_by_content(self, path: Path, facts: ModelFacts) -> None:
         try:

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,9 @@ def count_inspections(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Real inspections, recorded, so tests can tell a cache hit from a miss."""
     calls: list[Path] = []
 
-    def recording(path: Path) -> ModelFacts:
+    def recording(path: Path, file_sha256: str | None = None) -> ModelFacts:
         calls.append(path)
-        return inspect_model(path)
+        return inspect_model(path, file_sha256)
 
     monkeypatch.setattr(facts_cache, "inspect_model", recording)
     return calls
@@ -240,3 +241,78 @@ def test_a_copy_elsewhere_is_known_by_its_bytes(
     assert FactsCache(tmp_path / "cache").peek(other / "m.onnx") is None
     assert FactsCache(tmp_path / "cache").get(other / "m.onnx").digest != facts.digest
     assert len(count_inspections) == 2
+
+
+class DigestsTaken:
+    """Every sha256 hexdigest taken in this process while installed, in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import hashlib
+
+        real = hashlib.sha256
+        self.digests: list[str] = []
+        taken = self.digests
+
+        class Recorded:
+            def __init__(self, data: bytes = b"") -> None:
+                self.inner = real(data)
+
+            def update(self, data: Any) -> None:
+                self.inner.update(data)
+
+            def hexdigest(self) -> str:
+                taken.append(self.inner.hexdigest())
+                return taken[-1]
+
+        monkeypatch.setattr(hashlib, "sha256", Recorded)
+
+
+def aged(path: Path) -> Path:
+    then = time.time() - 10  # out of the racy window (`matrix.file_stat`)
+    os.utime(path, (then, then))
+    return path
+
+
+def test_a_new_model_is_hashed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looked up by its bytes first, then inspected: the lookup's sha256 serves as its
+    digest (2 GB of embedded weights take 1.3 s to hash)."""
+    import hashlib
+
+    model = aged(modelgen.dynamic_batch_mlp(tmp_path / "m.onnx"))
+    whole = hashlib.sha256(model.read_bytes()).hexdigest()
+    taken = DigestsTaken(monkeypatch)
+    facts = FactsCache(tmp_path / "cache").get(model)
+    assert facts.digest == f"sha256:{whole}"
+    assert taken.digests.count(whole) == 1
+
+
+def test_a_model_rewritten_after_its_lookup_is_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    model = aged(modelgen.dynamic_batch_mlp(tmp_path / "m.onnx"))
+    real = FactsCache._by_content
+
+    def rewritten_meanwhile(self: FactsCache, path: Path) -> Any:
+        found = real(self, path)
+        modelgen.dynamic_batch_mlp(path, seed=7)  # another program writes it just then
+        return found
+
+    monkeypatch.setattr(FactsCache, "_by_content", rewritten_meanwhile)
+    facts = FactsCache(tmp_path / "cache").get(model)
+    assert facts.digest == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def test_a_model_written_moments_ago_is_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within its clock's tick a file can change again without its stat moving: the
+    lookup's sha256 cannot stand for what the inspection reads."""
+    import hashlib
+
+    model = modelgen.dynamic_batch_mlp(tmp_path / "m.onnx")
+    whole = hashlib.sha256(model.read_bytes()).hexdigest()
+    taken = DigestsTaken(monkeypatch)
+    assert FactsCache(tmp_path / "cache").get(model).digest == f"sha256:{whole}"
+    assert taken.digests.count(whole) == 2
