@@ -322,3 +322,51 @@ def test_dtypes_the_library_cannot_import_keep_their_own_names(tmp_path: Path) -
     for elem, name in ((TensorProto.FLOAT8E5M2, "fp8e5m2"), (TensorProto.INT2, "int2")):
         facts = inspect_model(modelgen.dq_weights_matmul(tmp_path / f"{name}.onnx", elem=elem))
         assert name in facts.dtypes and "fp8" not in facts.dtypes
+
+
+def test_weights_left_out_of_inference_change_no_fact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shape inference runs without the values of big initializers (it would copy them into
+    C++ and back): the facts are those of inferring with every value. Here they come from
+    inference: the Conv is 3-D only by the ranks it infers for two computed tensors."""
+    import matrix.facts.onnx_inspect as inspect
+
+    weights = np.random.default_rng(0).standard_normal((64, 1, 16, 16, 16)).astype(np.float32)
+    assert weights.size >= inspect.WEIGHT_ELEMENTS
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Relu", ["x"], ["xr"]),
+                helper.make_node("Identity", ["w"], ["wi"]),
+                helper.make_node("Conv", ["xr", "wi"], ["y"]),
+            ],
+            "conv3d",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 20, 20, 20])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            initializer=[onnx.numpy_helper.from_array(weights, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    light = inspect_model(path)
+    assert [f.kind for f in light.nodes] == ["fp32-conv3d"]
+    monkeypatch.setattr(inspect, "WEIGHT_ELEMENTS", 1 << 62)
+    assert inspect_model(path) == light
+    monkeypatch.setattr(inspect, "_infer", lambda model: model)
+    assert inspect_model(path).nodes == ()
+
+
+def test_only_big_initializers_lose_their_values() -> None:
+    """Small ones may be shapes, axes or zero points, whose values inference reads."""
+    import matrix.facts.onnx_inspect as inspect
+
+    big = onnx.numpy_helper.from_array(np.ones(inspect.WEIGHT_ELEMENTS, np.float32), "big")
+    small = helper.make_tensor("shape", TensorProto.INT64, [3], [2, 32, 32])
+    model = helper.make_model(helper.make_graph([], "g", [], [], initializer=[big, small]))
+    inspect._drop_weight_payloads(model)
+    kept = {t.name: t for t in model.graph.initializer}
+    assert list(kept["big"].dims) == [inspect.WEIGHT_ELEMENTS] and not kept["big"].raw_data
+    assert onnx.numpy_helper.to_array(kept["shape"]).tolist() == [2, 32, 32]
