@@ -134,9 +134,12 @@ def _from_folder(
     before = os.fstat(source.fileno())
     if verified.vouches(path, before, wanted.sha256):
         _copy_vouched(source, before.st_size, wanted, fd, on_bytes, cancel)
-        if not _same(os.fstat(source.fileno()), before):
-            raise Rejected("the engine changed while it was copied")
-        return
+        if _same(os.fstat(source.fileno()), before):
+            return
+        # Changed meanwhile: rewritten, or only unlinked by a gc. Copied again, hashed.
+        source.seek(0)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
     read_at = time.time_ns()
     _receive(source, wanted, fd, on_bytes, cancel)
     if _same(os.fstat(source.fileno()), before):

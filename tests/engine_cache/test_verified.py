@@ -40,6 +40,10 @@ def age(paths: list[Path]) -> None:
         os.utime(path, (then, then))
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def marks() -> list[str]:
     folder = cache_dir() / "verified"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -176,31 +180,50 @@ def test_a_fetch_leaves_the_engine_file_as_it_was(
     assert all(p.stat().st_mtime > aged[p] + AGED / 2 for p in aged)
 
 
-def test_an_engine_changed_while_copied_is_rejected(
-    project: Project, pushed: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("change", ["content", "ctime only"])
+def test_an_engine_changed_while_copied_is_copied_again_and_hashed(
+    project: Project, pushed: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch,
+    change: str,
 ) -> None:
+    """Another program writes the file during the copy, or only moves its ctime (a gc
+    unlinking it, a chmod): the copy is done again and hashed; only wrong bytes are refused."""
     import matrix.engine_cache.transfer as transfer
 
     assert project.clone(tmp_path / "first").run("build", "-j2") == 0
     capsys.readouterr()
     lock = read_lock(project.lock)
     assert lock is not None
-    blob = pushed / "v1" / "engines" / f"{lock.engines['a@sm86'].sha256}.engine"
+    good = lock.engines["a@sm86"]
+    blob = pushed / "v1" / "engines" / f"{good.sha256}.engine"
     real = transfer._copy_range
+    hashing = Hashing(monkeypatch)
 
     def meddled(source: Any, fd: int, offset: int, count: int) -> int:
         if os.path.samefile(source.fileno(), blob) and not offset:
-            with open(blob, "r+b") as handle:  # another program writing it in place
-                handle.seek(offset + count - 1)
-                handle.write(b"!")
+            old = blob.stat()
+            if change == "content":
+                with open(blob, "r+b") as handle:
+                    handle.seek(offset + count - 1)
+                    handle.write(b"!")
+            os.utime(blob, ns=(old.st_atime_ns, old.st_mtime_ns))
         return real(source, fd, offset, count)
 
     monkeypatch.setattr(transfer, "_copy_range", meddled)
     clone = project.clone(tmp_path / "second")
     assert clone.run("build", "-j2", "--no-push") == 0
     out, err = capsys.readouterr()
-    assert built(out) == ["a@sm86"] and fetched(out) == ["a@sm89", "b@sm86"]
-    assert err == "warning: a@sm86: cache entry rejected: the engine changed while it was copied\n"
+    assert hashing.count == 1
+    if change == "content":
+        poison = blob.read_bytes()
+        assert built(out) == ["a@sm86"] and fetched(out) == ["a@sm89", "b@sm86"]
+        assert err == (
+            f"warning: a@sm86: cache entry rejected: the engine's sha256 is "
+            f"{hashlib.sha256(poison).hexdigest()[:12]}, not {good.sha256[:12]} as recorded "
+            "(corrupt or poisoned entry)\n"
+        )
+    else:
+        assert fetched(out) == list(CELLS) and err == ""
+        assert sha256_of(clone.engine("a@sm86")) == good.sha256
     assert clone.run("status", "--check", "--verify") == 0
 
 
