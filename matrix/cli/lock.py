@@ -18,7 +18,9 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Union shard lockfiles. All must come from the same plan and TensorRT-RTX version. "
             "Engine and model paths are rebased to the output's folder; the output is sorted "
-            "and written atomically, so the merge is order-independent and idempotent."
+            "and written atomically, so the merge is order-independent and idempotent. It "
+            "reads locks only, not the engines: after it, `rtx-matrix cache pull` brings "
+            "them and `status` says which are missing."
         ),
     )
     merge.add_argument("inputs", nargs="+", type=Path, metavar="LOCK", help="shard lockfiles")
