@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -68,18 +69,30 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 def main(argv: Sequence[str] | None = None) -> int:
     console = argv is None
     argv = sys.argv[1:] if argv is None else argv
-    if console:
-        from matrix.lockfile import noop_memo
-
-        said = noop_memo.replay(argv)
-        if said is not None:
-            sys.stdout.write(said)
-            return 0
-    head_start.start(argv)
     try:
-        return _run(argv, console)
-    finally:
-        head_start.discard(head_start.take())  # not adopted by a worker pool
+        if console:
+            from matrix.lockfile import noop_memo
+
+            said = noop_memo.replay(argv)
+            if said is not None:
+                sys.stdout.write(said)
+                sys.stdout.flush()
+                return 0
+        head_start.start(argv)
+        try:
+            return _run(argv, console)
+        finally:
+            head_start.discard(head_start.take())  # not adopted by a worker pool
+    except BrokenPipeError:
+        # The reader left (`| head`): stop as a filter would, without a traceback, nor
+        # another when Python flushes stdout on the way out (the recipe of the `signal`
+        # module's documentation, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+BROKEN_PIPE = 141
+"""What a shell reports for a program that SIGPIPE ended (128 + 13)."""
 
 
 def _run(argv: Sequence[str], console: bool = False) -> int:
