@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from matrix.engine_cache.store import CacheUnavailable, EngineStore
@@ -56,10 +56,9 @@ def pull(
     from matrix.build.run import BuildSettings, build
 
     open_store(spec)  # an unusable cache is this command's error, not a warning
-    settings = BuildSettings(
-        cache=replace(spec, push=False), fetch_only=True, quiet=quiet, verbose=verbose,
-        wait=wait,
-    )
+    # `push` stays as configured: a pull builds nothing to push, but where the run may write
+    # the cache it touches what it fetched, for `cache gc`'s least-recently-used order.
+    settings = BuildSettings(cache=spec, fetch_only=True, quiet=quiet, verbose=verbose, wait=wait)
     return build(state, settings, resurvey=resurvey)
 
 

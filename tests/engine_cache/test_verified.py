@@ -248,3 +248,26 @@ def test_a_filesystem_without_sendfile_gets_the_plain_copy(
     assert fetched(out) == list(CELLS) and err == "" and refused
     for cell in CELLS:
         assert clone.engine(cell).read_bytes() == project.engine(cell).read_bytes()
+
+
+def test_an_entry_just_fetched_is_the_last_that_gc_removes(
+    project: Project, pushed: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """The record's touch alone marks the entry as used: gc keeps it over the others, though
+    it was the oldest."""
+    lock = read_lock(project.lock)
+    assert lock is not None
+    age(sorted((pushed / "v1" / "records").glob("*.json")))
+    kept = lock.engines["a@sm89"]
+    oldest = time.time() - 10 * AGED
+    for path in (pushed / "v1" / "records" / f"{kept.fingerprint}.json",
+                 pushed / "v1" / "engines" / f"{kept.sha256}.engine"):
+        os.utime(path, (oldest, oldest))
+    clone = project.clone(tmp_path / "clone")
+    assert clone.run("cache", "pull", "a@sm89") == 0
+    keep_bytes = kept.size + (pushed / "v1" / "records" / f"{kept.fingerprint}.json").stat().st_size
+    capsys.readouterr()
+    assert project.run("cache", "gc", "--max-size", str(keep_bytes)) == 0
+    assert capsys.readouterr().out.startswith("removed 2 entries")
+    assert [p.stem for p in engine_files(pushed)] == [kept.sha256]
+    assert [p.stem for p in (pushed / "v1" / "records").glob("*.json")] == [kept.fingerprint]
