@@ -35,7 +35,6 @@ from matrix.build.engine_header import HEADER_SIZE, describe_mask, read_header, 
 from matrix.build.temp_files import temp_path
 from matrix.engine_cache import verified
 from matrix.engine_cache.store import Cancelled, EngineStore, Reader, Rejected
-from matrix.file_stat import FileStat
 
 CHUNK = 4 << 20
 """Bytes per read: large enough that hashing and writing, not calls, take the time."""
@@ -134,7 +133,7 @@ def _from_folder(
     before = os.fstat(source.fileno())
     if verified.vouches(path, before, wanted.sha256):
         _copy_vouched(source, before.st_size, wanted, fd, on_bytes, cancel)
-        if _same(os.fstat(source.fileno()), before):
+        if verified.unchanged(os.fstat(source.fileno()), before):
             return
         # Changed meanwhile: rewritten, or only unlinked by a gc. Copied again, hashed.
         source.seek(0)
@@ -142,12 +141,8 @@ def _from_folder(
         os.lseek(fd, 0, os.SEEK_SET)
     read_at = time.time_ns()
     _receive(source, wanted, fd, on_bytes, cancel)
-    if _same(os.fstat(source.fileno()), before):
+    if verified.unchanged(os.fstat(source.fileno()), before):
         verified.remember(path, before, wanted.sha256, read_at)
-
-
-def _same(now: os.stat_result, before: os.stat_result) -> bool:
-    return (FileStat.of(now), now.st_ctime_ns) == (FileStat.of(before), before.st_ctime_ns)
 
 
 def _copy_vouched(
@@ -160,7 +155,7 @@ def _copy_vouched(
 ) -> None:
     """Copy a file a mark vouches for, checking all but its sha256."""
     if size != wanted.size:
-        raise Rejected(f"the engine has {size} bytes, {wanted.size} recorded (truncated?)")
+        raise _short(size, wanted)
     check_header(source.read(HEADER_SIZE), wanted)
     report = _every_interval(on_bytes)
     done = 0
@@ -169,7 +164,7 @@ def _copy_vouched(
             raise Cancelled
         count = _copy_range(source, fd, done, min(CHUNK, size - done))
         if not count:
-            raise Rejected(f"the engine has {done} bytes, {wanted.size} recorded (truncated?)")
+            raise _short(done, wanted)
         done += count
         report(done)
     if on_bytes is not None:
@@ -228,13 +223,17 @@ def _receive(
             _write_all(fd, chunk)
         report(done)
     if done != wanted.size:
-        raise Rejected(f"the engine has {done} bytes, {wanted.size} recorded (truncated?)")
+        raise _short(done, wanted)
     if digest.hexdigest() != wanted.sha256:
         raise Rejected(f"the engine's sha256 is {digest.hexdigest()[:12]}, not "
                        f"{wanted.sha256[:12]} as recorded (corrupt or poisoned entry)")
     check_header(head, wanted)
     if on_bytes is not None:
         on_bytes(done)
+
+
+def _short(size: int, wanted: Wanted) -> Rejected:
+    return Rejected(f"the engine has {size} bytes, {wanted.size} recorded (truncated?)")
 
 
 def _every_interval(on_bytes: Progress | None) -> Progress:

@@ -34,9 +34,18 @@ def _mark(sha256: str) -> Path:
     return cache_dir() / "verified" / sha256
 
 
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What a mark holds of a file's stat."""
+    return (*FileStat.of(stat), stat.st_ctime_ns)
+
+
+def unchanged(now: os.stat_result, before: os.stat_result) -> bool:
+    """Whether a file's stat says it is as it was, as a mark would judge it."""
+    return _identity(now) == _identity(before)
+
+
 def _text(path: str, stat: os.stat_result) -> str:
-    size, mtime_ns, ino = FileStat.of(stat)
-    return f"{size} {mtime_ns} {ino} {stat.st_ctime_ns} {os.path.abspath(path)}"
+    return " ".join(map(str, (*_identity(stat), os.path.abspath(path))))
 
 
 def vouches(path: str, stat: os.stat_result, sha256: str) -> bool:

@@ -75,7 +75,7 @@ class Survey:
 
     def why_skipped(self, state: CellState) -> str:
         """Why a stale cell this run cannot build is skipped."""
-        if self.cluster:
+        if self.cluster and state.cell.target.current:
             return CURRENT_ON_CLUSTER
         return f"needs a GPU: {self.gpu_missing}"
 
